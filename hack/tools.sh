@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Build (once) the Go-built tools the tests and the demo need, into a versioned cache outside the repo.
+# Usage: hack/tools.sh [etcd|kube-apiserver|csi-sanity|csi-provisioner|csi-proto|all]...
+# Prints nothing but progress on stderr; the cache dir is printed on stdout by `hack/tools.sh dir`.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=versions.env
+source "$here/versions.env"
+export GOFLAGS=-mod=mod CGO_ENABLED=0 GOTOOLCHAIN=local
+cache_root=${DEVICE_LOCALPV_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/device-localpv-tools}
+
+bin_dir() { echo "$cache_root/$1-$2"; }
+log() { echo "[tools] $*" >&2; }
+
+scratch() { local d; d=$(mktemp -d); (cd "$d" && go mod init local/tools >/dev/null 2>&1); echo "$d"; }
+
+build_etcd() {
+  local out; out=$(bin_dir etcd "$ETCD_VERSION")
+  [[ -x $out/etcd ]] && return 0
+  log "building etcd $ETCD_VERSION"
+  local d; d=$(scratch)
+  (cd "$d" && go get -tool "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >&2 \
+     && go build -o "$out.tmp/etcd" go.etcd.io/etcd/server/v3 >&2)
+  mv "$out.tmp" "$out"; rm -rf "$d"
+}
+
+# kube binaries need every k8s.io staging module replaced by its published version (derived, never typed).
+build_kube() {
+  local out; out=$(bin_dir kubernetes "$KUBERNETES_VERSION")
+  local want=("$@") missing=()
+  for c in "${want[@]}"; do [[ -x $out/$c ]] || missing+=("$c"); done
+  ((${#missing[@]})) || return 0
+  log "building ${missing[*]} $KUBERNETES_VERSION"
+  local d; d=$(scratch)
+  local gomod staging minor
+  minor=$(echo "$KUBERNETES_VERSION" | cut -d. -f2)
+  gomod=$(go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  staging=$(go mod edit -json "$gomod" | python3 -c '
+import json, sys
+for r in json.load(sys.stdin).get("Replace") or []:
+    if r["New"]["Path"].startswith("./staging/"):
+        print(r["Old"]["Path"])')
+  (
+    cd "$d"
+    local stage_ver="v0.${minor}.$(echo "$KUBERNETES_VERSION" | cut -d. -f3)"
+    for m in $staging; do go mod edit -replace "$m=$m@$stage_ver"; done
+    go mod edit -require "k8s.io/kubernetes@$KUBERNETES_VERSION"
+    go mod tidy >/dev/null 2>&1 || true
+    local pkgs=()
+    for c in "${missing[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
+    go get "${pkgs[@]}" >&2
+    local ld="-s -w -X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION"
+    ld+=" -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
+    ld+=" -X k8s.io/client-go/pkg/version.gitVersion=$KUBERNETES_VERSION"
+    mkdir -p "$out"
+    for c in "${missing[@]}"; do
+      go build -ldflags "$ld" -o "$out/$c.tmp" "k8s.io/kubernetes/cmd/$c" >&2
+      mv "$out/$c.tmp" "$out/$c"
+    done
+  )
+  rm -rf "$d"
+}
+
+build_csi_sanity() {
+  local out; out=$(bin_dir csi-test "$CSI_TEST_VERSION")
+  [[ -x $out/csi-sanity ]] && return 0
+  log "building csi-sanity $CSI_TEST_VERSION"
+  GOBIN="$out.tmp" go install "github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@$CSI_TEST_VERSION" >&2
+  mv "$out.tmp" "$out"
+}
+
+# The provisioner's go.mod carries replace directives: copy them (versioned ones only) into a scratch module.
+build_provisioner() {
+  local out; out=$(bin_dir external-provisioner "$EXTERNAL_PROVISIONER_VERSION")
+  [[ -x $out/csi-provisioner ]] && return 0
+  log "building csi-provisioner $EXTERNAL_PROVISIONER_VERSION"
+  local mod=github.com/kubernetes-csi/external-provisioner/v6
+  local d; d=$(scratch)
+  local gomod; gomod=$(go mod download -json "$mod@$EXTERNAL_PROVISIONER_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  (
+    cd "$d"
+    go mod edit -json "$gomod" | python3 -c '
+import json, sys
+for r in json.load(sys.stdin).get("Replace") or []:
+    if r["New"].get("Version"):
+        print("%s=%s@%s" % (r["Old"]["Path"], r["New"]["Path"], r["New"]["Version"]))' |
+      while read -r rep; do go mod edit -replace "$rep"; done
+    go get "$mod/cmd/csi-provisioner@$EXTERNAL_PROVISIONER_VERSION" >&2
+    go build -o "$out.tmp/csi-provisioner" "$mod/cmd/csi-provisioner" >&2
+  )
+  mv "$out.tmp" "$out"; rm -rf "$d"
+}
+
+# Path of csi.proto at the pinned spec version (downloaded through the Go module proxy, not vendored).
+csi_proto() {
+  go mod download -json "github.com/container-storage-interface/spec@$CSI_SPEC_VERSION" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"] + "/csi.proto")'
+}
+
+cmd=${1:-all}
+case $cmd in
+  dir) echo "$cache_root" ;;
+  env)
+    echo "ETCD_BIN=$(bin_dir etcd "$ETCD_VERSION")/etcd"
+    echo "KUBE_BIN_DIR=$(bin_dir kubernetes "$KUBERNETES_VERSION")"
+    echo "CSI_SANITY_BIN=$(bin_dir csi-test "$CSI_TEST_VERSION")/csi-sanity"
+    echo "CSI_PROVISIONER_BIN=$(bin_dir external-provisioner "$EXTERNAL_PROVISIONER_VERSION")/csi-provisioner" ;;
+  csi-proto) csi_proto ;;
+  etcd) build_etcd ;;
+  kube-apiserver) build_kube kube-apiserver ;;
+  csi-sanity) build_csi_sanity ;;
+  csi-provisioner) build_provisioner ;;
+  all)
+    start=$(date +%s)
+    build_etcd; build_csi_sanity; build_kube kube-apiserver
+    log "tools ready in $(( $(date +%s) - start ))s under $cache_root" ;;
+  *) echo "unknown tool: $cmd" >&2; exit 2 ;;
+esac
