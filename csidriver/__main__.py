@@ -1,0 +1,5 @@
+import sys
+
+from csidriver.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Node agent reconcilers: disk inventory (DeviceNode) and partitions (DeviceVolume)."""

@@ -1,0 +1,127 @@
+"""Wires the agent: the Node gRPC service starts first (it needs no API server), then the reconcilers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from csidriver.agent.localhost import LocalHost
+from csidriver.agent.reporter import NodeReporter
+from csidriver.agent.volumes import VolumeReconciler
+from csidriver.agent.workqueue import WorkQueue
+from csidriver.api import constants as c
+from csidriver.config import Settings
+from csidriver.csi import csi_pb2_grpc
+from csidriver.host import DiskInventory, Filesystems, Mounter, PartitionManager, Runner
+from csidriver.kube.client import make_api_client
+from csidriver.kube.resources import Kube
+from csidriver.metrics import Metrics
+from csidriver.servicers.identity import IdentityServicer
+from csidriver.servicers.node import NodeServicer
+from csidriver.servicers.server import start_server
+from csidriver.services.publish import Publisher
+
+log = logging.getLogger(__name__)
+
+
+async def _node_identity(kube: Kube, settings: Settings) -> tuple[dict[str, str], dict[str, Any] | None]:
+    """Topology labels (node name + allow-listed Node labels) and an owner reference to the Node."""
+    delay = 0.5
+    while True:
+        try:
+            node = await kube.get_node(settings.node_id)
+            break
+        except Exception as e:
+            log.warning("cannot read Node %s yet: %s", settings.node_id, e)
+            await asyncio.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 30)
+    topology = {c.TOPOLOGY_KEY: settings.node_id}
+    if node is None:
+        log.warning("Node %s not found: DeviceNode gets no owner reference", settings.node_id)
+        return topology, None
+    labels = node["metadata"].get("labels") or {}
+    for key in settings.topology_labels:
+        if key in labels:
+            topology[key] = labels[key]
+    owner = {"apiVersion": "v1", "kind": "Node", "name": settings.node_id, "uid": node["metadata"]["uid"]}
+    return topology, owner
+
+
+def _disk_metrics(reporter: NodeReporter) -> Iterable[Metric]:
+    names = ("size", "free", "largest_extent", "free_entries")
+    families = {
+        n: GaugeMetricFamily(f"device_localpv_disk_{n}", f"Pool disk {n.replace('_', ' ')}", labels=["pool", "disk"])
+        for n in names
+    }
+    for d in reporter.disks:
+        for n in names:
+            families[n].add_metric([d.pool, d.path], getattr(d, n))
+    return families.values()
+
+
+async def run(settings: Settings) -> None:
+    runner = Runner()
+    inventory = DiskInventory(runner, settings.include_devices_regex, settings.ignore_devices_regex)
+    partitions = PartitionManager(runner, settings.lock_dir)
+    host = LocalHost(inventory, partitions, Mounter(runner), Filesystems(runner))
+    metrics = Metrics()
+    topology: dict[str, str] = {c.TOPOLOGY_KEY: settings.node_id}  # completed once the Node is read
+    api = await make_api_client(settings.kubeconfig, settings.kube_qps, settings.kube_burst)
+    kube = Kube(api, settings.namespace, "device-localpv-agent")
+    metrics.api_requests(api.requests)
+    reporter_box: list[NodeReporter] = []
+
+    async def readiness() -> str | None:
+        return None if reporter_box and reporter_box[0].scanned.is_set() else "first disk scan not done"
+
+    server = await start_server(
+        settings.socket_path,
+        [
+            (
+                csi_pb2_grpc.add_IdentityServicer_to_server,
+                IdentityServicer(settings.driver_name, False, readiness),
+            ),
+            (
+                csi_pb2_grpc.add_NodeServicer_to_server,
+                NodeServicer(Publisher(host), settings.node_id, topology, metrics.observe_rpc),
+            ),
+        ],
+    )
+    log.info("agent for node %s serving on %s", settings.node_id, settings.endpoint)
+    metrics.serve(settings.metrics_address)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(server.wait_for_termination())
+            found, owner = await _node_identity(kube, settings)
+            topology.update(found)
+            reporter = NodeReporter(kube, inventory, settings.node_id, topology, owner, settings.resync_seconds)
+            reporter_box.append(reporter)
+            metrics.add_collector(lambda: _disk_metrics(reporter))
+            informer = kube.volume_informer(settings.node_id)
+            reconciler = VolumeReconciler(kube, informer.cache, partitions, reporter, settings.node_id)
+            queue = WorkQueue(reconciler.reconcile, settings.workers, "devicevolume")
+            informer.subscribe(lambda name, _old, _new: queue.add(name))
+            await _first_scan(reporter)
+            tg.create_task(reporter.run())
+            tg.create_task(informer.run())
+            tg.create_task(queue.run())
+    finally:
+        await server.stop(grace=2)
+        await api.close()
+
+
+async def _first_scan(reporter: NodeReporter) -> None:
+    delay = 0.5
+    while True:
+        try:
+            await reporter.refresh()
+            return
+        except Exception as e:
+            log.warning("first disk scan/report failed: %s", e)
+            await asyncio.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 30)

@@ -1,0 +1,177 @@
+"""DeviceVolume reconciler: carve, wipe and report this node's volumes; wipe and remove them on delete.
+
+Every step is check-then-act, so a crash at any line is repaired by the next pass:
+- a partition is found by its GPT name before one is created (so never twice, and the original's are adopted);
+- a volume that is not yet Ready is wiped before it is reported Ready (a partition left by a crash between
+  create and wipe is never handed out unwiped); a Ready volume is never wiped again;
+- our finalizer goes only after the partition is gone; only our finalizer is ever removed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from csidriver.agent.reporter import NodeReporter
+from csidriver.agent.workqueue import Retry
+from csidriver.api import constants as c
+from csidriver.api import naming
+from csidriver.api.objects import DeviceVolume, ErrorCode, Placement, State, placement_dict, volume_from_dict
+from csidriver.host.disks import PoolDisk
+from csidriver.host.partitions import InsufficientCapacity, Partition, PartitionBusy, PartitionManager
+from csidriver.kube.resources import Conflict, Gone, Kube
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _condition(ready: bool, reason: str, message: str) -> dict[str, Any]:
+    return {
+        "type": "Ready",
+        "status": "True" if ready else "False",
+        "reason": reason,
+        "message": message[:1024],
+        "lastTransitionTime": _now(),
+    }
+
+
+class VolumeReconciler:
+    def __init__(
+        self,
+        kube: Kube,
+        cache: Mapping[str, Mapping[str, Any]],
+        partitions: PartitionManager,
+        reporter: NodeReporter,
+        node_id: str,
+    ) -> None:
+        self._kube = kube
+        self._cache = cache
+        self._parts = partitions
+        self._reporter = reporter
+        self._node = node_id
+
+    async def reconcile(self, name: str) -> float | None:
+        raw = self._cache.get(name)
+        if raw is None:
+            return None
+        vol = volume_from_dict(raw)
+        if vol.owner_node != self._node:
+            return None
+        try:
+            if vol.deleting:
+                await self._delete(vol, raw)
+            elif vol.state is State.PENDING:
+                await self._create(vol, raw)
+        except (Conflict, Gone) as e:
+            raise Retry(f"object changed while reconciling: {e}") from e
+        return None
+
+    def _pool_disks(self, pool: str) -> list[PoolDisk]:
+        return [d for d in self._reporter.disks if d.pool == pool]
+
+    async def _create(self, vol: DeviceVolume, raw: Mapping[str, Any]) -> None:
+        if c.FINALIZER not in vol.finalizers:
+            await self._kube.add_finalizer(vol.name, vol.finalizers, c.FINALIZER)
+        pname = naming.partition_name(vol.name)
+        disks = self._pool_disks(vol.pool)
+        found = await self._parts.find(disks, pname)
+        if found is not None:
+            disk, entry = found
+            part = Partition(
+                disk_path=disk.path,
+                number=entry.number,
+                name=entry.name,
+                uuid=entry.uuid,
+                node=entry.node,
+                size=entry.size * disk.table.sector_size,
+                start=entry.start * disk.table.sector_size,
+            )
+            guid = disk.guid
+        else:
+            carved = await self._carve(vol, raw, disks, pname)
+            if carved is None:
+                return
+            part, guid = carved
+        await self._parts.wipe(part.node)
+        await self._reporter.refresh()  # DeviceNode shows the space as used before the volume reads Ready
+        placement = Placement(
+            disk_guid=guid,
+            disk_path=part.disk_path,
+            partition_name=part.name,
+            partition_uuid=part.uuid,
+            partition_number=part.number,
+            device_path=part.node,
+        )
+        await self._kube.patch_volume_status(
+            vol.name,
+            {
+                "state": State.READY.value,
+                "error": None,
+                "conditions": [_condition(True, "Provisioned", f"partition {part.node} ({part.size} bytes)")],
+                **placement_dict(placement),
+            },
+        )
+        log.info("volume %s ready: %s on %s", vol.name, part.node, part.disk_path)
+
+    async def _carve(
+        self, vol: DeviceVolume, raw: Mapping[str, Any], disks: list[PoolDisk], pname: str
+    ) -> tuple[Partition, str] | None:
+        # Best fit: the disk whose largest extent is the smallest that still holds the volume.
+        order = sorted(disks, key=lambda d: (d.largest_extent < vol.capacity, d.largest_extent, d.guid))
+        largest = 0
+        for disk in order:
+            try:
+                part = await self._parts.create(disk.path, vol.pool, pname, vol.capacity)
+                return part, disk.guid
+            except InsufficientCapacity as e:
+                largest = max(largest, e.largest_extent)
+        if not disks:
+            why = f"node {self._node} has no disk in pool {vol.pool!r}"
+        else:
+            why = (
+                f"pool {vol.pool!r} on node {self._node} cannot fit {vol.capacity} bytes: "
+                f"largest free extent is {largest} bytes"
+            )
+        await self._fail(vol, raw, ErrorCode.INSUFFICIENT_CAPACITY, why)
+        return None
+
+    async def _fail(self, vol: DeviceVolume, raw: Mapping[str, Any], code: ErrorCode, message: str) -> None:
+        log.warning("volume %s failed: %s", vol.name, message)
+        await self._kube.patch_volume_status(
+            vol.name,
+            {
+                "state": State.FAILED.value,
+                "error": {"code": code.value, "message": message},
+                "conditions": [_condition(False, code.value, message)],
+            },
+        )
+        await self._kube.record_event(raw, c.VOLUME_KIND, "Warning", "ProvisioningFailed", message)
+
+    async def _delete(self, vol: DeviceVolume, raw: Mapping[str, Any]) -> None:
+        if c.FINALIZER not in vol.finalizers:
+            return
+        pname = naming.partition_name(vol.name)
+        disks = self._pool_disks(vol.pool)
+        found = await self._parts.find(disks, pname)
+        if found is not None:
+            disk, _ = found
+            try:
+                await self._parts.delete(disk.path, vol.pool, pname)
+            except PartitionBusy as e:
+                await self._kube.record_event(raw, c.VOLUME_KIND, "Warning", "DeleteBlocked", str(e))
+                raise Retry(str(e)) from e
+            await self._reporter.refresh()
+        elif vol.placement.disk_guid and vol.placement.disk_guid not in {d.guid for d in self._reporter.disks}:
+            msg = (
+                f"disk {vol.placement.disk_guid} ({vol.placement.disk_path}) holding this volume is not present "
+                "on the node; the partition cannot be wiped and removed"
+            )
+            await self._kube.record_event(raw, c.VOLUME_KIND, "Warning", "DiskMissing", msg)
+            raise Retry(msg)
+        await self._kube.remove_finalizer(vol.name, vol.finalizers, c.FINALIZER)
+        log.info("volume %s deleted", vol.name)

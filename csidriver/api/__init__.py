@@ -1,0 +1,1 @@
+"""The driver's vocabulary: CR shapes, names and constants, parsed in one place."""

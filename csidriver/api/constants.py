@@ -1,0 +1,25 @@
+"""Names of the external contract kept from Device-LocalPV (see docs/design.md)."""
+
+from typing import Final
+
+GROUP: Final = "local.openebs.io"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+VOLUME_PLURAL: Final = "devicevolumes"
+NODE_PLURAL: Final = "devicenodes"
+VOLUME_KIND: Final = "DeviceVolume"
+NODE_KIND: Final = "DeviceNode"
+
+FINALIZER: Final = "device.openebs.io/finalizer"
+NODE_LABEL: Final = "kubernetes.io/nodename"
+TOPOLOGY_KEY: Final = "openebs.io/nodename"
+CTX_DEVICE_NAME: Final = "openebs.io/devicename"
+CTX_CAS_TYPE: Final = "openebs.io/cas-type"
+CAS_TYPE: Final = "localpv-device"
+# Recorded on each DeviceVolume so a volume can be traced back to the CSI request that made it.
+CSI_NAME_ANNOTATION: Final = "local.openebs.io/csi-name"
+
+MIB: Final = 1 << 20
+GIB: Final = 1 << 30
+DEFAULT_VOLUME_SIZE: Final = GIB
+MAX_GPT_NAME: Final = 36

@@ -1,0 +1,40 @@
+"""How CSI names map to DeviceVolume object names and GPT partition names.
+
+- A CSI name that is already a valid lowercase DNS-1123 subdomain (the usual `pvc-<uuid>`) is the object name,
+  exactly as the original driver did.
+- Any other CSI name (upper case, spaces, over 253 characters...) maps to `vol-<uuid5(name)>`: deterministic, so
+  a retried CreateVolume finds its object, and collision-free in practice.
+- The partition name is the UUID of a `pvc-<uuid>` object name (36 chars, the GPT name limit, compatible with
+  partitions made by the original driver), else a UUID5 of the object name (also 36 chars).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_PVC = re.compile(r"pvc-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
+_NAMESPACE = uuid.UUID("6f1c1e4e-3a55-4c57-9a3c-5d5f4f1b8a21")
+_POOL = re.compile(r"[A-Za-z0-9._-]{1,36}")
+
+
+def object_name(csi_name: str) -> str:
+    if len(csi_name) <= 253 and _DNS_SUBDOMAIN.fullmatch(csi_name):
+        return csi_name
+    return "vol-" + str(uuid.uuid5(_NAMESPACE, csi_name))
+
+
+def partition_name(volume_id: str) -> str:
+    m = _PVC.fullmatch(volume_id)
+    if m:
+        return m.group(1)
+    return str(uuid.uuid5(_NAMESPACE, "partition:" + volume_id))
+
+
+def is_valid_volume_id(volume_id: str) -> bool:
+    return len(volume_id) <= 253 and _DNS_SUBDOMAIN.fullmatch(volume_id) is not None
+
+
+def is_valid_pool(pool: str) -> bool:
+    return _POOL.fullmatch(pool) is not None

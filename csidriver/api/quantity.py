@@ -1,0 +1,41 @@
+"""Kubernetes resource.Quantity strings to bytes (the subset storage sizes use)."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+
+_SUFFIX = {
+    "": 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "E": 10**18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+}
+_QUANTITY = re.compile(r"([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([kMGTPE]i?|)")
+
+
+def parse_quantity(value: object) -> int:
+    """Bytes in a Quantity (int or string); rounds fractions up; raises ValueError on garbage."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a quantity: {value!r}")
+    if isinstance(value, int):
+        return value
+    text = str(value).strip()
+    m = _QUANTITY.fullmatch(text)
+    if not m:
+        raise ValueError(f"not a quantity: {value!r}")
+    try:
+        number = Decimal(m.group(1)) * _SUFFIX[m.group(2)]
+    except InvalidOperation as e:
+        raise ValueError(f"not a quantity: {value!r}") from e
+    whole = int(number)
+    return whole if number == whole else whole + 1

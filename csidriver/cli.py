@@ -1,0 +1,45 @@
+"""The one entry point: `device-localpv controller|agent [flags]`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from csidriver.config import Role, Settings, SettingsError, from_process
+
+
+async def _run(settings: Settings) -> None:
+    if settings.role is Role.CONTROLLER:
+        from csidriver.controller.app import run
+    else:
+        from csidriver.agent.app import run
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        if task is not None:
+            loop.add_signal_handler(sig, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await run(settings)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = from_process(sys.argv[1:] if argv is None else argv)
+    except SettingsError as e:
+        print(f"device-localpv: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("aiohttp").setLevel(logging.WARNING)
+    asyncio.run(_run(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Process settings: read once from flags and environment into a frozen dataclass, then passed down."""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+DEFAULT_DRIVER_NAME = "device.csi.openebs.io"
+DEFAULT_NAMESPACE = "openebs"
+DEFAULT_AGENT_ENDPOINT = "unix:///var/lib/kubelet/plugins/device-localpv/csi.sock"
+DEFAULT_CONTROLLER_ENDPOINT = "unix:///var/lib/csi/sockets/pluginproxy/csi.sock"
+
+
+class Role(enum.Enum):
+    CONTROLLER = "controller"
+    AGENT = "agent"
+
+
+class SettingsError(ValueError):
+    """A flag or environment variable has a value the driver cannot run with."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    role: Role
+    driver_name: str
+    endpoint: str
+    node_id: str
+    namespace: str
+    kubeconfig: str | None
+    include_devices_regex: str | None
+    ignore_devices_regex: str | None
+    metrics_address: str | None
+    topology_labels: tuple[str, ...]
+    resync_seconds: float
+    create_timeout_seconds: float
+    kube_qps: float
+    kube_burst: int
+    lock_dir: str
+    workers: int
+    log_level: str
+
+    @property
+    def socket_path(self) -> str:
+        return self.endpoint.removeprefix("unix://")
+
+
+# flag name -> (environment variable, default)
+_ENV: Mapping[str, tuple[str, str]] = {
+    "driver_name": ("CSI_DRIVER_NAME", DEFAULT_DRIVER_NAME),
+    "endpoint": ("CSI_ENDPOINT", ""),
+    "node_id": ("OPENEBS_NODE_ID", ""),
+    "namespace": ("DEVICE_DRIVER_NAMESPACE", DEFAULT_NAMESPACE),
+    "kubeconfig": ("KUBECONFIG", ""),
+    "include_devices_regex": ("DEVICE_INCLUDE_REGEX", ""),
+    "ignore_devices_regex": ("IGNORE_BLOCK_DEVICES_REGEX", ""),
+    "metrics_address": ("METRICS_ADDRESS", ""),
+    "topology_labels": ("ALLOWED_TOPOLOGY_LABELS", ""),
+    "resync_seconds": ("RESYNC_SECONDS", "300"),
+    "create_timeout_seconds": ("CREATE_TIMEOUT_SECONDS", "60"),
+    "kube_qps": ("KUBE_API_QPS", "20"),
+    "kube_burst": ("KUBE_API_BURST", "40"),
+    "lock_dir": ("LOCK_DIR", "/run/device-localpv/locks"),
+    "workers": ("WORKERS", "16"),
+    "log_level": ("LOG_LEVEL", "INFO"),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="device-localpv", description="Device-LocalPV CSI driver")
+    p.add_argument("role", choices=[r.value for r in Role], help="which process to run")
+    for name in _ENV:
+        env, default = _ENV[name]
+        p.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=f"(env {env}, default {default!r})")
+    return p
+
+
+def _check_regex(name: str, value: str | None) -> None:
+    if value is None:
+        return
+    try:
+        re.compile(value)
+    except re.error as e:
+        raise SettingsError(f"--{name.replace('_', '-')}: invalid regular expression {value!r}: {e}") from e
+
+
+def _number(name: str, value: str, kind: type[float] | type[int], minimum: float) -> float:
+    try:
+        n = kind(value)
+    except ValueError as e:
+        raise SettingsError(f"--{name.replace('_', '-')}: not a number: {value!r}") from e
+    if n < minimum:
+        raise SettingsError(f"--{name.replace('_', '-')}: must be >= {minimum}, got {value}")
+    return n
+
+
+def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
+    """Flags win over environment variables, which win over defaults."""
+    ns = _parser().parse_args(list(argv))
+    raw: dict[str, str] = {}
+    for name, (env, default) in _ENV.items():
+        flag = getattr(ns, name)
+        raw[name] = flag if flag is not None else environ.get(env, default)
+    role = Role(ns.role)
+
+    def opt(name: str) -> str | None:
+        return raw[name] or None
+
+    for key in ("include_devices_regex", "ignore_devices_regex"):
+        _check_regex(key, opt(key))
+    endpoint = raw["endpoint"] or (DEFAULT_AGENT_ENDPOINT if role is Role.AGENT else DEFAULT_CONTROLLER_ENDPOINT)
+    if not endpoint.startswith("unix://") or len(endpoint) <= len("unix://"):
+        raise SettingsError(f"--endpoint: only unix:// sockets are supported, got {endpoint!r}")
+    if role is Role.AGENT and not raw["node_id"]:
+        raise SettingsError("--node-id (env OPENEBS_NODE_ID) is required for the agent")
+    labels = tuple(sorted({x.strip() for x in raw["topology_labels"].split(",") if x.strip()}))
+    return Settings(
+        role=role,
+        driver_name=raw["driver_name"],
+        endpoint=endpoint,
+        node_id=raw["node_id"],
+        namespace=raw["namespace"],
+        kubeconfig=opt("kubeconfig"),
+        include_devices_regex=opt("include_devices_regex"),
+        ignore_devices_regex=opt("ignore_devices_regex"),
+        metrics_address=opt("metrics_address"),
+        topology_labels=labels,
+        resync_seconds=_number("resync_seconds", raw["resync_seconds"], float, 1),
+        create_timeout_seconds=_number("create_timeout_seconds", raw["create_timeout_seconds"], float, 1),
+        kube_qps=_number("kube_qps", raw["kube_qps"], float, 0.1),
+        kube_burst=int(_number("kube_burst", raw["kube_burst"], int, 1)),
+        lock_dir=raw["lock_dir"],
+        workers=int(_number("workers", raw["workers"], int, 1)),
+        log_level=raw["log_level"].upper(),
+    )
+
+
+def from_process(argv: Sequence[str]) -> Settings:
+    return parse_settings(argv, os.environ)

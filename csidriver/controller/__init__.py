@@ -1,0 +1,1 @@
+"""The controller process: CSI Identity + Controller beside the external provisioner."""

@@ -1,0 +1,68 @@
+"""Wires the controller: informers -> ClusterState -> Provisioner -> gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from csidriver.config import Settings
+from csidriver.csi import csi_pb2_grpc
+from csidriver.kube.client import make_api_client
+from csidriver.kube.resources import Kube
+from csidriver.metrics import Metrics
+from csidriver.servicers.controller import ControllerServicer
+from csidriver.servicers.identity import IdentityServicer
+from csidriver.servicers.server import start_server
+from csidriver.services.cluster import ClusterState
+from csidriver.services.provisioning import Provisioner
+
+log = logging.getLogger(__name__)
+
+
+async def run(settings: Settings) -> None:
+    api = await make_api_client(settings.kubeconfig, settings.kube_qps, settings.kube_burst)
+    kube = Kube(api, settings.namespace, "device-localpv-controller")
+    cluster = ClusterState()
+    volumes = kube.volume_informer()
+    nodes = kube.node_informer()
+    volumes.subscribe(cluster.on_volume)
+    nodes.subscribe(cluster.on_node)
+    metrics = Metrics()
+    metrics.api_requests(api.requests)
+    metrics.serve(settings.metrics_address)
+
+    async def readiness() -> str | None:
+        if not volumes.synced.is_set():
+            return "DeviceVolume cache not synced"
+        if not nodes.synced.is_set():
+            return "DeviceNode cache not synced"
+        return None
+
+    provisioner = Provisioner(kube, cluster, settings.create_timeout_seconds)
+    server = await start_server(
+        settings.socket_path,
+        [
+            (
+                csi_pb2_grpc.add_IdentityServicer_to_server,
+                IdentityServicer(settings.driver_name, True, readiness),
+            ),
+            (
+                csi_pb2_grpc.add_ControllerServicer_to_server,
+                ControllerServicer(provisioner, metrics.observe_rpc),
+            ),
+        ],
+    )
+    log.info(
+        "controller serving on %s (driver %s, namespace %s)",
+        settings.endpoint,
+        settings.driver_name,
+        settings.namespace,
+    )
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(volumes.run())
+            tg.create_task(nodes.run())
+            tg.create_task(server.wait_for_termination())
+    finally:
+        await server.stop(grace=2)
+        await api.close()

@@ -1,0 +1,306 @@
+"""Creating, wiping and deleting volume partitions on pool disks.
+
+Safety invariant: every write is preceded, under the per-disk lock, by a fresh read proving that the
+disk is GPT and that its partition #1 carries the caller's pool name; partition #1 is never touched,
+and only partitions carrying the caller's (validated) name are created, wiped or deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import os
+import re
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from .disks import PoolDisk, device_users, kernel_geometry, kernel_partition
+from .parsers import MIB, DiskTable, Extent, PartitionEntry, free_extents, parse_sfdisk_json, partition_node
+from .runner import CommandError, Runner
+
+LINUX_FS_TYPE = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,36}")
+_NO_TABLE = "does not contain a recognized partition table"
+# sfdisk locks only when asked (--lock or $LOCK_BLOCK_DEVICE); we hold the flock, so forbid it.
+_SFDISK_WRITE = ("sfdisk", "--lock=no", "--no-reread", "--no-tell-kernel", "--wipe=never", "--quiet")
+
+
+class PartitionError(Exception):
+    """Base class of the partition layer's domain errors."""
+
+
+class NotAPoolDisk(PartitionError):
+    """The disk is not (or no longer) a GPT disk whose partition #1 is named after the pool."""
+
+
+class InsufficientCapacity(PartitionError):
+    """No aligned free extent (or no free GPT entry) can hold the requested size."""
+
+    def __init__(self, largest_extent: int, requested: int = 0, reason: str = "") -> None:
+        self.largest_extent = largest_extent
+        self.requested = requested
+        why = reason or f"no free extent holds {requested} bytes"
+        super().__init__(f"{why}; largest free extent is {largest_extent} bytes")
+
+
+class PartitionBusy(PartitionError):
+    """The partition is mounted or otherwise in use."""
+
+
+class UnsafeOperation(PartitionError):
+    """The request would touch something the driver does not own (partition #1, a whole disk...)."""
+
+
+@dataclass(frozen=True)
+class Partition:
+    disk_path: str
+    number: int
+    name: str
+    uuid: str
+    node: str
+    size: int
+    start: int
+
+
+def validate_name(name: str) -> str:
+    """GPT names we write: 1..36 characters of [A-Za-z0-9._-]."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError(f"invalid partition name {name!r}: want 1-36 characters of [A-Za-z0-9._-]")
+    return name
+
+
+def named(table: DiskTable, name: str) -> PartitionEntry | None:
+    """The lowest-numbered partition carrying ``name``, never partition #1."""
+    return next((p for p in table.partitions if p.name == name and p.number != 1), None)
+
+
+def best_fit(table: DiskTable, size: int) -> Extent:
+    """The smallest aligned free extent holding ``size`` bytes (lowest start on ties)."""
+    extents = free_extents(table, MIB)
+    largest = max((e.size_bytes for e in extents), default=0)
+    if len(table.partitions) >= table.table_length:
+        raise InsufficientCapacity(largest, size, "no free GPT entry")
+    fits = [e for e in extents if e.size_bytes >= size]
+    if not fits:
+        raise InsufficientCapacity(largest, size)
+    return min(fits, key=lambda e: (e.size_bytes, e.start_bytes))
+
+
+class PartitionManager:
+    def __init__(
+        self,
+        runner: Runner,
+        lock_dir: str = "/run/device-localpv/locks",
+        *,
+        settle_timeout: float = 5.0,
+        sys_root: str = "/sys",
+        mountinfo_path: str = "/proc/self/mountinfo",
+    ) -> None:
+        self._runner = runner
+        self._lock_dir = lock_dir
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._settle_timeout = settle_timeout
+        self._sys_root = sys_root
+        self._mountinfo = mountinfo_path
+
+    async def find(self, disks: Sequence[PoolDisk], name: str) -> tuple[PoolDisk, PartitionEntry] | None:
+        """Look a partition up by exact GPT name on fresh reads of the given pool disks."""
+        validate_name(name)
+        for disk in disks:
+            table = await self._read(disk.path)
+            meta = table.by_number(1) if table else None
+            if table is None or table.label != "gpt" or meta is None or meta.name != disk.pool:
+                continue
+            entry = named(table, name)
+            if entry is not None:
+                return disk, entry
+        return None
+
+    async def create(self, disk_path: str, pool: str, name: str, size: int) -> Partition:
+        """Find-or-create partition ``name`` of at least ``size`` bytes (rounded up to 1 MiB)."""
+        validate_name(name)
+        if size <= 0:
+            raise ValueError(f"size must be positive, got {size}")
+        want = -(-size // MIB) * MIB
+        disk = await asyncio.to_thread(os.path.realpath, disk_path)
+        async with self._locked(disk):
+            table = _require_pool(disk, pool, await self._read(disk))
+            entry = named(table, name) or await self._append(disk, table, name, want)
+            return await self._activate(disk, table.sector_size, entry)
+
+    async def wipe(self, node: str, *, pool: str | None = None) -> None:
+        """Erase signatures and the first/last MiB of a partition (never #1, never a whole disk).
+
+        With ``pool`` set, the parent disk must also be that pool's disk.
+        """
+        real = await asyncio.to_thread(os.path.realpath, node)
+        info = await asyncio.to_thread(kernel_partition, self._sys_root, os.path.basename(real))
+        if info is None:
+            raise UnsafeOperation(f"{node} is not a partition")
+        if info.number == 1:
+            raise UnsafeOperation(f"{node} is partition #1 (the pool meta partition)")
+        if pool is not None:
+            _require_pool(info.disk_path, pool, await self._read(info.disk_path))
+        await self._ensure_idle(real)
+        await self._wipe_unchecked(real)
+
+    async def delete(self, disk_path: str, pool: str, name: str) -> bool:
+        """Wipe and delete partition(s) named ``name``; False when there was none."""
+        validate_name(name)
+        disk = await asyncio.to_thread(os.path.realpath, disk_path)
+        async with self._locked(disk):
+            table = _require_pool(disk, pool, await self._read(disk))
+            entries = [p for p in table.partitions if p.name == name and p.number != 1]
+            for entry in entries:
+                await self._remove(disk, table.sector_size, entry)
+            return bool(entries)
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, disk: str) -> AsyncIterator[None]:
+        """In-process asyncio lock, then flock(LOCK_EX) on a lock file named by the disk's device
+        number (for agents that see different /dev inodes) and on the whole-disk device itself
+        (which makes udev skip it). Other disks proceed in parallel."""
+        async with self._locks.setdefault(disk, asyncio.Lock()):
+            fds = await _flock_in_thread(self._lock_dir, disk)
+            try:
+                yield
+            finally:
+                _close_all(fds)
+
+    async def _read(self, disk: str) -> DiskTable | None:
+        done = await self._runner.run(["sfdisk", "--json", "--", disk], timeout=30.0, check=False)
+        if done.returncode == 0:
+            return parse_sfdisk_json(done.stdout)
+        if _NO_TABLE in done.stderr:
+            return None
+        raise CommandError(done.argv, done.returncode, done.stderr)
+
+    async def _append(self, disk: str, table: DiskTable, name: str, size: int) -> PartitionEntry:
+        extent = best_fit(table, size)
+        sector = table.sector_size
+        start = extent.start_bytes // sector
+        script = f'start={start}, size={size // sector}, type={LINUX_FS_TYPE}, name="{name}"\n'
+        await self._runner.run([*_SFDISK_WRITE, "--append", "--", disk], input=script.encode())
+        fresh = await self._read(disk)
+        entry = named(fresh, name) if fresh else None
+        if entry is None or entry.start != start:
+            raise PartitionError(f"{disk}: partition {name!r} not found at sector {start} after writing it")
+        return entry
+
+    async def _activate(self, disk: str, sector: int, entry: PartitionEntry) -> Partition:
+        """Make the kernel's view of one partition match the table (BLKPG via partx, never BLKRRPART)."""
+        node = partition_node(disk, entry.number)
+        part = Partition(disk, entry.number, entry.name, entry.uuid, node, entry.size * sector, entry.start * sector)
+        want = (part.start // 512, part.size // 512)
+        seen = await asyncio.to_thread(kernel_geometry, self._sys_root, os.path.basename(node))
+        if seen == want and await asyncio.to_thread(os.path.exists, node):
+            return part
+        number = str(entry.number)
+        if seen is not None and seen != want:
+            await self._runner.run(["partx", "--delete", "--nr", number, "--", disk])
+        added = await self._runner.run(["partx", "--add", "--nr", number, "--", disk], check=False)
+        await self._wait_for(node, want, added.stderr)
+        return part
+
+    async def _wait_for(self, node: str, want: tuple[int, int], detail: str) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settle_timeout
+        while True:
+            if await asyncio.to_thread(self._node_ready, node, want):
+                return
+            if loop.time() >= deadline:
+                raise PartitionError(f"{node} did not appear with the expected geometry: {detail.strip()}")
+            await asyncio.sleep(0.01)
+
+    def _node_ready(self, node: str, want: tuple[int, int]) -> bool:
+        geometry = kernel_geometry(self._sys_root, os.path.basename(node))
+        return geometry == want and os.path.exists(node)
+
+    async def _remove(self, disk: str, sector: int, entry: PartitionEntry) -> None:
+        part = await self._activate(disk, sector, entry)
+        await self._ensure_idle(part.node)
+        await self._wipe_unchecked(part.node)
+        await self._runner.run(["partx", "--delete", "--nr", str(entry.number), "--", disk])
+        await self._runner.run([*_SFDISK_WRITE, "--delete", "--", disk, str(entry.number)])
+
+    async def _ensure_idle(self, node: str) -> None:
+        users = await asyncio.to_thread(device_users, node, self._sys_root, self._mountinfo)
+        if users:
+            raise PartitionBusy(f"{node} is in use: {', '.join(users)}")
+
+    async def _wipe_unchecked(self, node: str) -> None:
+        await self._runner.run(["wipefs", "--all", "--force", "--quiet", "--", node])
+        try:
+            await asyncio.to_thread(zero_ends, node, MIB)
+        except OSError as exc:
+            if exc.errno == errno.EBUSY:
+                raise PartitionBusy(f"{node} is in use (exclusive open failed)") from exc
+            raise
+
+
+def _require_pool(disk: str, pool: str, table: DiskTable | None) -> DiskTable:
+    meta = table.by_number(1) if table else None
+    if table is None or table.label != "gpt" or meta is None or not pool or meta.name != pool:
+        found = "no partition table" if table is None else f"{table.label}, #1={meta.name if meta else None!r}"
+        raise NotAPoolDisk(f"{disk} is not a disk of pool {pool!r} ({found})")
+    return table
+
+
+def zero_ends(node: str, length: int) -> None:
+    """Zero the first and last ``length`` bytes of a device opened exclusively, then fsync."""
+    fd = os.open(node, os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC)
+    try:
+        size = os.lseek(fd, 0, os.SEEK_END)
+        chunk = min(length, size)
+        for offset in sorted({0, size - chunk}):
+            _pwrite_all(fd, bytes(chunk), offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+async def _flock_in_thread(lock_dir: str, disk: str) -> list[int]:
+    """Take both flocks in a worker thread; if we are cancelled meanwhile, release them once taken."""
+    task = asyncio.ensure_future(asyncio.to_thread(_acquire_flocks, lock_dir, disk))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(_release_abandoned)
+        raise
+
+
+def _release_abandoned(task: asyncio.Future[list[int]]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        _close_all(task.result())
+
+
+def _acquire_flocks(lock_dir: str, disk: str) -> list[int]:
+    fds: list[int] = []
+    try:
+        fds.append(os.open(disk, os.O_RDONLY | os.O_CLOEXEC))
+        rdev = os.fstat(fds[0]).st_rdev
+        os.makedirs(lock_dir, mode=0o755, exist_ok=True)
+        lock_file = os.path.join(lock_dir, f"{os.major(rdev)}-{os.minor(rdev)}.lock")
+        fds.insert(0, os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        for fd in fds:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+    except BaseException:
+        _close_all(fds)
+        raise
+    return fds
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)

@@ -1,0 +1,127 @@
+"""The single place where the driver starts external programs.
+
+Every command is an argv list (never a shell), runs with ``LC_ALL=C`` and only ``PATH`` from the
+environment (so variables such as ``LOCK_BLOCK_DEVICE`` never leak into util-linux tools), and is
+bounded by a timeout after which the process is killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_STDERR_LIMIT = 400
+
+
+@dataclass(frozen=True)
+class Completed:
+    """The outcome of one finished command."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class CommandError(Exception):
+    """A command could not be started or exited with a non-zero status."""
+
+    def __init__(self, argv: Sequence[str], returncode: int, stderr: str) -> None:
+        super().__init__(argv, returncode, stderr)
+        self.argv = tuple(argv)
+        self.returncode = returncode
+        self.stderr = stderr
+
+    def _detail(self) -> str:
+        text = " ".join(self.stderr.split())
+        if len(text) > _STDERR_LIMIT:
+            text = text[:_STDERR_LIMIT] + "..."
+        return text or "no error output"
+
+    def __str__(self) -> str:
+        return f"{shlex.join(self.argv)} exited with status {self.returncode}: {self._detail()}"
+
+
+class CommandTimeout(CommandError):
+    """A command ran past its timeout and was killed."""
+
+    def __init__(self, argv: Sequence[str], timeout: float, stderr: str = "") -> None:
+        super().__init__(argv, -9, stderr)
+        self.timeout = timeout
+
+    def __str__(self) -> str:
+        return f"{shlex.join(self.argv)} timed out after {self.timeout:g}s and was killed"
+
+
+class Runner:
+    """Runs commands asynchronously; inject a fake with the same ``run`` method in unit tests."""
+
+    def __init__(self, path: str | None = None) -> None:
+        self._path = path
+
+    def _env(self) -> dict[str, str]:
+        path = self._path or os.environ.get("PATH") or DEFAULT_PATH
+        return {"LC_ALL": "C", "PATH": path}
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        input: bytes | None = None,
+        timeout: float = 60.0,  # noqa: ASYNC109 - the documented per-command limit
+        check: bool = True,
+    ) -> Completed:
+        args = tuple(argv)
+        if not args or not all(isinstance(a, str) for a in args):
+            raise ValueError("argv must be a non-empty sequence of strings")
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *args,
+                stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=self._env(),
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise CommandError(args, 127, f"cannot start {args[0]}: {exc.strerror}") from exc
+        out, err = await _communicate(proc, args, input, timeout)
+        done = Completed(args, _code(proc), _text(out), _text(err))
+        if check and done.returncode != 0:
+            raise CommandError(args, done.returncode, done.stderr or done.stdout)
+        return done
+
+
+async def _communicate(
+    proc: asyncio.subprocess.Process, argv: tuple[str, ...], input: bytes | None, limit: float
+) -> tuple[bytes, bytes]:
+    """Feed input and collect output; kill the process on timeout or cancellation."""
+    try:
+        async with asyncio.timeout(limit):
+            return await proc.communicate(input)
+    except TimeoutError:
+        await _kill(proc)
+        raise CommandTimeout(argv, limit) from None
+    except BaseException:
+        await _kill(proc)
+        raise
+
+
+async def _kill(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+    await asyncio.shield(proc.wait())
+
+
+def _code(proc: asyncio.subprocess.Process) -> int:
+    return proc.returncode if proc.returncode is not None else -1
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")

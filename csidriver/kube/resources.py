@@ -1,0 +1,210 @@
+"""Typed access to DeviceVolume, DeviceNode, Node and Event objects. Returns plain dicts (parsed by csidriver.api)."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from csidriver.api import constants as c
+from csidriver.kube.informer import Informer
+
+log = logging.getLogger(__name__)
+Obj = dict[str, Any]
+
+
+class Conflict(Exception):
+    """The object changed or already exists (409)."""
+
+
+class Gone(Exception):
+    """The object does not exist (404)."""
+
+
+def _translate(e: ApiException) -> Exception:
+    if e.status == 409:
+        return Conflict(str(e.reason))
+    if e.status == 404:
+        return Gone(str(e.reason))
+    return e
+
+
+class Kube:
+    """One namespace's driver objects, plus the few core objects the driver reads or writes."""
+
+    def __init__(self, api: client.ApiClient, namespace: str, component: str) -> None:
+        self.api = api
+        self.namespace = namespace
+        self._component = component
+        self._custom: Any = client.CustomObjectsApi(api)
+        self._core: Any = client.CoreV1Api(api)
+
+    # -- DeviceVolume -------------------------------------------------------------------------------------
+    def _list_volumes(self, **kw: Any) -> Any:
+        return self._custom.list_namespaced_custom_object(c.GROUP, c.VERSION, self.namespace, c.VOLUME_PLURAL, **kw)
+
+    def _list_nodes(self, **kw: Any) -> Any:
+        return self._custom.list_namespaced_custom_object(c.GROUP, c.VERSION, self.namespace, c.NODE_PLURAL, **kw)
+
+    def volume_informer(self, node: str | None = None) -> Informer:
+        """All volumes of the namespace, or (server-side filtered) only those owned by `node`."""
+        selector = f"{c.NODE_LABEL}={node}" if node else None
+        return Informer(self._list_volumes, what="devicevolumes", label_selector=selector)
+
+    def node_informer(self) -> Informer:
+        return Informer(self._list_nodes, what="devicenodes")
+
+    async def get_volume(self, name: str) -> Obj | None:
+        try:
+            obj: Obj = await self._custom.get_namespaced_custom_object(
+                c.GROUP, c.VERSION, self.namespace, c.VOLUME_PLURAL, name
+            )
+            return obj
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    async def create_volume(self, body: Mapping[str, Any]) -> Obj:
+        try:
+            obj: Obj = await self._custom.create_namespaced_custom_object(
+                c.GROUP, c.VERSION, self.namespace, c.VOLUME_PLURAL, body
+            )
+            return obj
+        except ApiException as e:
+            raise _translate(e) from e
+
+    async def delete_volume(self, name: str) -> None:
+        """Deleting an absent volume succeeds."""
+        try:
+            await self._custom.delete_namespaced_custom_object(
+                c.GROUP, c.VERSION, self.namespace, c.VOLUME_PLURAL, name
+            )
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    async def patch_volume_status(self, name: str, status: Mapping[str, Any]) -> Obj:
+        try:
+            obj: Obj = await self._custom.patch_namespaced_custom_object_status(
+                c.GROUP,
+                c.VERSION,
+                self.namespace,
+                c.VOLUME_PLURAL,
+                name,
+                {"status": status},
+                _content_type="application/merge-patch+json",
+            )
+            return obj
+        except ApiException as e:
+            raise _translate(e) from e
+
+    async def _json_patch(self, name: str, ops: list[dict[str, Any]]) -> Obj:
+        try:
+            obj: Obj = await self._custom.patch_namespaced_custom_object(
+                c.GROUP,
+                c.VERSION,
+                self.namespace,
+                c.VOLUME_PLURAL,
+                name,
+                ops,
+                _content_type="application/json-patch+json",
+            )
+            return obj
+        except ApiException as e:
+            if e.status == 422:  # a failed "test" op: the list changed under us
+                raise Conflict(str(e.reason)) from e
+            raise _translate(e) from e
+
+    async def add_finalizer(self, name: str, finalizers: tuple[str, ...], finalizer: str) -> Obj:
+        ops: list[dict[str, Any]]
+        if finalizers:
+            ops = [
+                {"op": "test", "path": "/metadata/finalizers", "value": list(finalizers)},
+                {"op": "add", "path": "/metadata/finalizers/-", "value": finalizer},
+            ]
+        else:
+            ops = [{"op": "add", "path": "/metadata/finalizers", "value": [finalizer]}]
+        return await self._json_patch(name, ops)
+
+    async def remove_finalizer(self, name: str, finalizers: tuple[str, ...], finalizer: str) -> Obj:
+        """Removes only `finalizer`, and only if the list is still what we saw (JSON patch test)."""
+        i = finalizers.index(finalizer)
+        ops = [
+            {"op": "test", "path": f"/metadata/finalizers/{i}", "value": finalizer},
+            {"op": "remove", "path": f"/metadata/finalizers/{i}"},
+        ]
+        return await self._json_patch(name, ops)
+
+    # -- DeviceNode ---------------------------------------------------------------------------------------
+    async def get_device_node(self, name: str) -> Obj | None:
+        try:
+            obj: Obj = await self._custom.get_namespaced_custom_object(
+                c.GROUP, c.VERSION, self.namespace, c.NODE_PLURAL, name
+            )
+            return obj
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    async def create_device_node(self, body: Mapping[str, Any]) -> Obj:
+        try:
+            obj: Obj = await self._custom.create_namespaced_custom_object(
+                c.GROUP, c.VERSION, self.namespace, c.NODE_PLURAL, body
+            )
+            return obj
+        except ApiException as e:
+            raise _translate(e) from e
+
+    async def replace_device_node(self, name: str, body: Mapping[str, Any]) -> Obj:
+        try:
+            obj: Obj = await self._custom.replace_namespaced_custom_object(
+                c.GROUP, c.VERSION, self.namespace, c.NODE_PLURAL, name, body
+            )
+            return obj
+        except ApiException as e:
+            raise _translate(e) from e
+
+    # -- core ---------------------------------------------------------------------------------------------
+    async def get_node(self, name: str) -> Obj | None:
+        try:
+            node = await self._core.read_node(name)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        out: Obj = self.api.sanitize_for_serialization(node)
+        return out
+
+    async def record_event(self, obj: Mapping[str, Any], kind: str, event_type: str, reason: str, message: str) -> None:
+        """Best effort: an Event that cannot be written is logged, never fatal."""
+        meta = obj.get("metadata") or {}
+        now = datetime.datetime.now(datetime.UTC)
+        body = {
+            "metadata": {"generateName": f"{meta.get('name', 'obj')}.", "namespace": meta.get("namespace")},
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion", c.API_VERSION),
+                "kind": kind,
+                "name": meta.get("name"),
+                "namespace": meta.get("namespace"),
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": event_type,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": self._component},
+            "firstTimestamp": now.isoformat(),
+            "lastTimestamp": now.isoformat(),
+            "count": 1,
+            "reportingComponent": self._component,
+        }
+        try:
+            await self._core.create_namespaced_event(meta.get("namespace") or self.namespace, body)
+        except Exception as e:
+            log.warning("could not record event %s on %s: %s", reason, meta.get("name"), e)

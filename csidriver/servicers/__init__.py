@@ -1,0 +1,1 @@
+"""The gRPC edge: protobuf in, domain values to services, domain errors out as gRPC status codes."""

@@ -1,0 +1,77 @@
+"""CSI Controller service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import wrappers_pb2
+
+from csidriver.api import constants as c
+from csidriver.csi import csi_pb2, csi_pb2_grpc
+from csidriver.servicers import convert
+from csidriver.servicers.edge import Ctx, Observer, rpc
+from csidriver.services.provisioning import Provisioner
+
+_Rpc = csi_pb2.ControllerServiceCapability.RPC
+_CAPS = (_Rpc.CREATE_DELETE_VOLUME, _Rpc.GET_CAPACITY)
+
+
+class ControllerServicer(csi_pb2_grpc.ControllerServicer):
+    def __init__(self, provisioner: Provisioner, observe: Observer | None = None) -> None:
+        self._prov = provisioner
+        self.observe = observe
+
+    @rpc
+    async def CreateVolume(self, request: csi_pb2.CreateVolumeRequest, context: Ctx) -> csi_pb2.CreateVolumeResponse:
+        vol = await self._prov.create(convert.create_request(request))
+        return csi_pb2.CreateVolumeResponse(
+            volume=csi_pb2.Volume(
+                volume_id=vol.volume_id,
+                capacity_bytes=vol.capacity,
+                volume_context=dict(vol.context),
+                accessible_topology=[csi_pb2.Topology(segments={c.TOPOLOGY_KEY: vol.node})],
+            )
+        )
+
+    @rpc
+    async def DeleteVolume(self, request: csi_pb2.DeleteVolumeRequest, context: Ctx) -> csi_pb2.DeleteVolumeResponse:
+        await self._prov.delete(request.volume_id)
+        return csi_pb2.DeleteVolumeResponse()
+
+    @rpc
+    async def ValidateVolumeCapabilities(
+        self, request: csi_pb2.ValidateVolumeCapabilitiesRequest, context: Ctx
+    ) -> csi_pb2.ValidateVolumeCapabilitiesResponse:
+        caps = convert.capabilities(request.volume_capabilities)
+        ok, why = await self._prov.validate(request.volume_id, caps, dict(request.parameters))
+        if not ok:
+            return csi_pb2.ValidateVolumeCapabilitiesResponse(message=why)
+        return csi_pb2.ValidateVolumeCapabilitiesResponse(
+            confirmed=csi_pb2.ValidateVolumeCapabilitiesResponse.Confirmed(
+                volume_context=dict(request.volume_context),
+                volume_capabilities=list(request.volume_capabilities),
+                parameters=dict(request.parameters),
+            )
+        )
+
+    @rpc
+    async def GetCapacity(self, request: csi_pb2.GetCapacityRequest, context: Ctx) -> csi_pb2.GetCapacityResponse:
+        topology = dict(request.accessible_topology.segments) if request.HasField("accessible_topology") else None
+        total, largest = self._prov.capacity(
+            dict(request.parameters), topology, convert.capabilities(request.volume_capabilities)
+        )
+        return csi_pb2.GetCapacityResponse(
+            available_capacity=total,
+            maximum_volume_size=_int64(largest),
+            minimum_volume_size=_int64(c.MIB),
+        )
+
+    @rpc
+    async def ControllerGetCapabilities(self, request: Any, context: Ctx) -> csi_pb2.ControllerGetCapabilitiesResponse:
+        return csi_pb2.ControllerGetCapabilitiesResponse(
+            capabilities=[csi_pb2.ControllerServiceCapability(rpc=_Rpc(type=t)) for t in _CAPS]
+        )
+
+
+def _int64(n: int) -> wrappers_pb2.Int64Value:
+    return wrappers_pb2.Int64Value(value=n)

@@ -1,0 +1,80 @@
+"""Per-RPC error mapping and one structured log line per call."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from csidriver.services import errors
+
+log = logging.getLogger("csidriver.rpc")
+
+CODES: dict[type[errors.DriverError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.OutOfRange: grpc.StatusCode.OUT_OF_RANGE,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Aborted: grpc.StatusCode.ABORTED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.Internal: grpc.StatusCode.INTERNAL,
+}
+
+Resp = TypeVar("Resp")
+Ctx = grpc.aio.ServicerContext[Any, Any]
+Handler = Callable[[Any, Any, Ctx], Awaitable[Resp]]
+Observer = Callable[[str, str, float], None]  # (method, code name, seconds)
+
+
+def _ids(request: Any) -> str:
+    parts = []
+    for field in ("name", "volume_id", "target_path"):
+        value = getattr(request, field, "")
+        if value:
+            parts.append(f"{field}={value}")
+    return " ".join(parts)
+
+
+def rpc(method: Handler[Resp]) -> Handler[Resp]:
+    """Maps DriverError subclasses to their status code and logs method, ids, duration and code."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: Ctx) -> Resp:
+        start = time.monotonic()
+        code = grpc.StatusCode.OK
+        detail = ""
+        try:
+            return await method(self, request, context)
+        except errors.DriverError as e:
+            code = CODES.get(type(e), grpc.StatusCode.INTERNAL)
+            detail = str(e)
+        except Exception as e:
+            log.exception("%s failed unexpectedly", method.__name__)
+            code = grpc.StatusCode.INTERNAL
+            detail = f"internal error: {e}"
+        finally:
+            took = time.monotonic() - start
+            level = logging.DEBUG if method.__name__ in ("Probe", "NodeGetCapabilities") else logging.INFO
+            log.log(
+                level,
+                "rpc=%s %s code=%s took=%.1fms %s",
+                method.__name__,
+                _ids(request),
+                code.name,
+                took * 1000,
+                detail,
+            )
+            observer: Observer | None = getattr(self, "observe", None)
+            if observer is not None:
+                observer(method.__name__, code.name, took)
+        await context.abort(code, detail)
+        raise AssertionError("unreachable")
+
+    return wrapper

@@ -1,0 +1,147 @@
+"""The controller's view of the cluster, fed by informers and aggregated incrementally for the scheduler.
+
+Nothing here makes a request: informer handlers call `on_volume`/`on_node`; CreateVolume reads the aggregates.
+A volume counts as *pending* (its bytes not yet reflected in its node's DeviceNode) from the moment this process
+reserves it until the agent marks it Ready; the agent updates DeviceNode before it marks a volume Ready, so the
+worst case double-counts for an instant (conservative), never under-counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from csidriver.api.objects import DeviceNode, DeviceVolume, State, node_from_dict, volume_from_dict
+from scheduler import DiskState, NodeState
+
+Predicate = Callable[[DeviceVolume | None], bool]
+
+
+@dataclass(frozen=True)
+class Reservation:
+    node: str
+    pool: str
+    size: int
+
+
+class ClusterState:
+    def __init__(self) -> None:
+        self.nodes: dict[str, DeviceNode] = {}
+        self.volumes: dict[str, DeviceVolume] = {}
+        self._load: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])  # (node,pool) -> bytes, count
+        self._pending: dict[str, dict[str, Reservation]] = defaultdict(dict)  # node -> volume -> reservation
+        self._reserved: dict[str, Reservation] = {}  # volume -> reservation made here, not yet in the cache
+        self._states: dict[str, NodeState] = {}  # cache of scheduler snapshots, dropped on change
+        self._waiters: dict[str, list[tuple[Predicate, asyncio.Future[DeviceVolume | None]]]] = {}
+
+    # -- informer handlers ---------------------------------------------------------------------------------
+    def on_volume(self, name: str, _old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> None:
+        prev = self.volumes.pop(name, None)
+        if prev is not None:
+            self._account(prev, -1)
+        vol = volume_from_dict(new) if new is not None else None
+        if vol is not None:
+            self.volumes[name] = vol
+            self._account(vol, +1)
+            self._reserved.pop(name, None)
+        self._wake(name, vol)
+
+    def on_node(self, name: str, _old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> None:
+        if new is None:
+            self.nodes.pop(name, None)
+        else:
+            self.nodes[name] = node_from_dict(new)
+        self._states.pop(name, None)
+
+    def _account(self, vol: DeviceVolume, sign: int) -> None:
+        load = self._load[(vol.owner_node, vol.pool)]
+        load[0] += sign * vol.capacity
+        load[1] += sign
+        if vol.state is State.PENDING and not vol.deleting:
+            if sign > 0:
+                self._pending[vol.owner_node][vol.name] = Reservation(vol.owner_node, vol.pool, vol.capacity)
+            else:
+                self._pending[vol.owner_node].pop(vol.name, None)
+        self._states.pop(vol.owner_node, None)
+
+    # -- reservations made by CreateVolume before the object exists ------------------------------------------
+    def reserve(self, name: str, node: str, pool: str, size: int) -> None:
+        self._reserved[name] = Reservation(node, pool, size)
+        self._states.pop(node, None)
+
+    def release(self, name: str) -> None:
+        r = self._reserved.pop(name, None)
+        if r is not None:
+            self._states.pop(r.node, None)
+
+    # -- scheduler snapshots ---------------------------------------------------------------------------------
+    def node_state(self, node: str) -> NodeState:
+        cached = self._states.get(node)
+        if cached is not None:
+            return cached
+        dn = self.nodes[node]
+        pools = {d.name for d in dn.devices}
+        pending: dict[str, list[int]] = defaultdict(list)
+        for r in self._pending.get(node, {}).values():
+            pending[r.pool].append(r.size)
+        for r in self._reserved.values():
+            if r.node == node:
+                pending[r.pool].append(r.size)
+        state = NodeState(
+            node=node,
+            disks=tuple(
+                DiskState(
+                    pool=d.name,
+                    guid=d.uuid,
+                    size=d.size,
+                    free=d.free,
+                    largest_extent=d.largest_extent,
+                    free_entries=d.free_entries,
+                    healthy=d.healthy,
+                    cordoned=d.cordoned,
+                )
+                for d in dn.devices
+            ),
+            provisioned={p: self._load[(node, p)][0] for p in pools if (node, p) in self._load},
+            volumes={p: self._load[(node, p)][1] for p in pools if (node, p) in self._load},
+            pending={p: tuple(v) for p, v in pending.items()},
+        )
+        self._states[node] = state
+        return state
+
+    def known_pools(self) -> set[str]:
+        return {d.name for n in self.nodes.values() for d in n.devices}
+
+    # -- waiting for an outcome (resolved by informer events, never by polling) --------------------------------
+    def _wake(self, name: str, vol: DeviceVolume | None) -> None:
+        waiters = self._waiters.get(name)
+        if not waiters:
+            return
+        keep = []
+        for pred, fut in waiters:
+            if fut.done():
+                continue
+            if pred(vol):
+                fut.set_result(vol)
+            else:
+                keep.append((pred, fut))
+        if keep:
+            self._waiters[name] = keep
+        else:
+            self._waiters.pop(name, None)
+
+    async def wait_for(self, name: str, pred: Predicate, timeout: float) -> DeviceVolume | None:  # noqa: ASYNC109
+        """The first cached state of `name` satisfying `pred` (raises TimeoutError)."""
+        current = self.volumes.get(name)
+        if pred(current):
+            return current
+        fut: asyncio.Future[DeviceVolume | None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(name, []).append((pred, fut))
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            if not fut.done():
+                fut.cancel()

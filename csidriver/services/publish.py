@@ -1,0 +1,215 @@
+"""NodePublishVolume / NodeUnpublishVolume / NodeGetVolumeStats on local partitions.
+
+Everything here reads the disks and the mount table of this host; nothing needs the API server, so existing
+volumes can be published and unpublished while it is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from csidriver.api import constants as c
+from csidriver.api import naming
+from csidriver.host.parsers import MountInfo
+from csidriver.services.errors import AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound
+from csidriver.services.requests import DEFAULT_FS, Capability, capability_problem
+
+
+@dataclass(frozen=True)
+class LocatedVolume:
+    device: str  # partition device node
+    major_minor: str
+
+
+@dataclass(frozen=True)
+class VolumeStats:
+    block: bool
+    total: int
+    used: int = 0
+    available: int = 0
+    inodes: int = 0
+    inodes_used: int = 0
+    inodes_free: int = 0
+
+
+class Host(Protocol):
+    """What publishing needs of the host (csidriver.host provides it; tests may pass a fake)."""
+
+    async def locate(self, pool: str | None, partition: str) -> str | None: ...
+    async def mounts(self) -> list[MountInfo]: ...
+    async def probe(self, device: str) -> Mapping[str, str]: ...
+    async def make_filesystem(self, device: str, fstype: str) -> None: ...
+    async def mount(self, source: str, target: str, fstype: str, options: list[str]) -> None: ...
+    async def bind_mount(self, source: str, target: str, read_only: bool) -> None: ...
+    async def unmount(self, target: str) -> None: ...
+    async def stats(self, path: str) -> VolumeStats: ...
+    async def block_size(self, device: str) -> int: ...
+
+
+def check_target(path: str, what: str = "target_path") -> None:
+    """Absolute, normalised, no `..`, and no symbolic link anywhere on the way (no escape)."""
+    if not path:
+        raise InvalidArgument(f"{what} must not be empty")
+    if "\0" in path or not os.path.isabs(path) or os.path.normpath(path) != path.rstrip("/") or "/../" in path + "/":
+        raise InvalidArgument(f"{what} {path!r} must be an absolute, normalised path without '..'")
+    parent = os.path.dirname(path.rstrip("/"))
+    if os.path.realpath(parent) != parent:
+        raise InvalidArgument(f"{what} {path!r} goes through a symbolic link")
+    if os.path.islink(path):
+        raise InvalidArgument(f"{what} {path!r} is a symbolic link")
+
+
+def _major_minor(device: str) -> str:
+    st = os.stat(device)
+    if not stat.S_ISBLK(st.st_mode):
+        raise Internal(f"{device} is not a block device")
+    return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+
+
+class Publisher:
+    def __init__(self, host: Host) -> None:
+        self._host = host
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    async def locate(self, volume_id: str, context: Mapping[str, str]) -> LocatedVolume:
+        if not volume_id:
+            raise InvalidArgument("volume_id must not be empty")
+        pool = context.get(c.CTX_DEVICE_NAME) or None
+        device = None
+        if naming.is_valid_volume_id(volume_id):
+            device = await self._host.locate(pool, naming.partition_name(volume_id))
+        if device is None:
+            raise NotFound(f"volume {volume_id} has no partition on this node")
+        return LocatedVolume(device=device, major_minor=await asyncio.to_thread(_major_minor, device))
+
+    async def _mounted_at(self, target: str) -> MountInfo | None:
+        found = None
+        for m in await self._host.mounts():
+            if m.mount_point == target:
+                found = m  # the last one stacked on the path is the visible one
+        return found
+
+    async def publish(
+        self, volume_id: str, target: str, cap: Capability | None, read_only: bool, context: Mapping[str, str]
+    ) -> None:
+        check_target(target)
+        if cap is None:
+            raise InvalidArgument("volume_capability must be set")
+        problem = capability_problem(cap)
+        if problem:
+            raise InvalidArgument(problem)
+        vol = await self.locate(volume_id, context)
+        async with self._lock(volume_id):
+            existing = await self._mounted_at(target)
+            if existing is not None:
+                if existing.major_minor != vol.major_minor:
+                    raise AlreadyExists(f"{target} already has another device mounted")
+                if existing.read_only != read_only:
+                    raise AlreadyExists(f"{target} is published with read_only={existing.read_only}")
+                return
+            if cap.block:
+                await self._publish_block(vol, target, read_only)
+            else:
+                await self._publish_fs(vol, target, cap, read_only)
+
+    async def _publish_block(self, vol: LocatedVolume, target: str, read_only: bool) -> None:
+        created = await asyncio.to_thread(_make_file, target)
+        try:
+            await self._host.bind_mount(vol.device, target, read_only)
+        except Exception:
+            if created:
+                await asyncio.to_thread(_remove, target)
+            raise
+
+    async def _publish_fs(self, vol: LocatedVolume, target: str, cap: Capability, read_only: bool) -> None:
+        fstype = cap.fs_type or DEFAULT_FS
+        found = await self._host.probe(vol.device)
+        if not found:
+            if read_only:
+                raise FailedPrecondition(f"{vol.device} holds no filesystem and cannot be formatted read-only")
+            await self._host.make_filesystem(vol.device, fstype)
+        elif found.get("TYPE") != fstype:
+            raise FailedPrecondition(
+                f"{vol.device} already holds {found.get('TYPE') or 'an unknown signature'}, not {fstype}"
+            )
+        created = await asyncio.to_thread(_make_dir, target)
+        options = [*cap.mount_flags, *(["ro"] if read_only else [])]
+        try:
+            await self._host.mount(vol.device, target, fstype, options)
+        except Exception:
+            if created:
+                await asyncio.to_thread(_remove, target)
+            raise
+
+    async def unpublish(self, volume_id: str, target: str) -> None:
+        if not volume_id:
+            raise InvalidArgument("volume_id must not be empty")
+        check_target(target)
+        async with self._lock(volume_id):
+            for _ in range(8):  # a path may carry stacked mounts
+                if await self._mounted_at(target) is None:
+                    break
+                await self._host.unmount(target)
+            else:
+                raise Internal(f"{target} is still mounted after repeated unmounts")
+            await asyncio.to_thread(_remove, target)
+
+    async def stats(self, volume_id: str, path: str) -> VolumeStats:
+        if not volume_id:
+            raise InvalidArgument("volume_id must not be empty")
+        if not path:
+            raise InvalidArgument("volume_path must not be empty")
+        check_target(path, "volume_path")
+        if not await asyncio.to_thread(os.path.exists, path):
+            raise NotFound(f"volume_path {path} does not exist")
+        vol = await self.locate(volume_id, {})
+        mount = await self._mounted_at(path)
+        if mount is None or mount.major_minor != vol.major_minor:
+            raise NotFound(f"volume {volume_id} is not published at {path}")
+        if await asyncio.to_thread(os.path.isfile, path):
+            return VolumeStats(block=True, total=await self._host.block_size(vol.device))
+        return await self._host.stats(path)
+
+
+def _make_dir(path: str) -> bool:
+    try:
+        os.mkdir(path, 0o750)
+        return True
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise AlreadyExists(f"{path} exists and is not a directory") from None
+        return False
+
+
+def _make_file(path: str) -> bool:
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o640)
+        os.close(fd)
+        return True
+    except FileExistsError:
+        if not os.path.isfile(path):
+            raise AlreadyExists(f"{path} exists and is not a regular file") from None
+        return False
+
+
+def _remove(path: str) -> None:
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            os.rmdir(path)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        if e.errno == errno.ENOTEMPTY:
+            raise FailedPrecondition(f"{path} is not empty after unmount; refusing to delete data") from e
+        raise
