@@ -6,6 +6,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 proto=${CSI_PROTO:-$("$root/hack/tools.sh" csi-proto)}
 python=${PYTHON:-$root/.venv/bin/python}
+[[ -x $python ]] || python=python3
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/csidriver/csi"

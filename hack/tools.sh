@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build (once) the Go-built tools the tests and the demo need, into a versioned cache outside the repo.
-# Usage: hack/tools.sh [etcd|kube-apiserver|csi-sanity|csi-provisioner|csi-proto|all]...
+# Usage: hack/tools.sh [all|etcd|kube|csi-sanity|csi-provisioner|csi-proto|env|dir]
 # Prints nothing but progress on stderr; the cache dir is printed on stdout by `hack/tools.sh dir`.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -107,12 +107,13 @@ case $cmd in
     echo "CSI_PROVISIONER_BIN=$(bin_dir external-provisioner "$EXTERNAL_PROVISIONER_VERSION")/csi-provisioner" ;;
   csi-proto) csi_proto ;;
   etcd) build_etcd ;;
-  kube-apiserver) build_kube kube-apiserver ;;
+  kube) build_kube kube-apiserver kubectl kube-controller-manager kube-scheduler ;;
   csi-sanity) build_csi_sanity ;;
   csi-provisioner) build_provisioner ;;
   all)
     start=$(date +%s)
-    build_etcd; build_csi_sanity; build_kube kube-apiserver
+    build_etcd; build_csi_sanity; build_kube kube-apiserver kubectl kube-controller-manager kube-scheduler
+    build_provisioner
     log "tools ready in $(( $(date +%s) - start ))s under $cache_root" ;;
   *) echo "unknown tool: $cmd" >&2; exit 2 ;;
 esac

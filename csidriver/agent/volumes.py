@@ -60,6 +60,7 @@ class VolumeReconciler:
         if raw is None:
             return None
         vol = volume_from_dict(raw)
+        log.debug("reconcile %s: state=%s deleting=%s", name, vol.state.value, vol.deleting)
         if vol.owner_node != self._node:
             return None
         try:
@@ -81,16 +82,9 @@ class VolumeReconciler:
         disks = self._pool_disks(vol.pool)
         found = await self._parts.find(disks, pname)
         if found is not None:
-            disk, entry = found
-            part = Partition(
-                disk_path=disk.path,
-                number=entry.number,
-                name=entry.name,
-                uuid=entry.uuid,
-                node=entry.node,
-                size=entry.size * disk.table.sector_size,
-                start=entry.start * disk.table.sector_size,
-            )
+            # Idempotent: returns the existing partition and tells the kernel about it if a crash came first.
+            disk = found[0]
+            part = await self._parts.create(disk.path, vol.pool, pname, vol.capacity)
             guid = disk.guid
         else:
             carved = await self._carve(vol, raw, disks, pname)

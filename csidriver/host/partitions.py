@@ -143,8 +143,11 @@ class PartitionManager:
             raise UnsafeOperation(f"{node} is partition #1 (the pool meta partition)")
         if pool is not None:
             _require_pool(info.disk_path, pool, await self._read(info.disk_path))
-        await self._ensure_idle(real)
-        await self._wipe_unchecked(real)
+        # Under the disk's lock: sfdisk holds the whole disk open exclusively while it writes, which makes the
+        # exclusive open of a partition fail for that moment.
+        async with self._locked(info.disk_path):
+            await self._ensure_idle(real)
+            await self._wipe_unchecked(real)
 
     async def delete(self, disk_path: str, pool: str, name: str) -> bool:
         """Wipe and delete partition(s) named ``name``; False when there was none."""

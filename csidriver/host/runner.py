@@ -11,11 +11,13 @@ import asyncio
 import contextlib
 import os
 import shlex
+import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _STDERR_LIMIT = 400
+_REAP_LIMIT = 5.0  # seconds to reap a killed command
 
 
 @dataclass(frozen=True)
@@ -113,10 +115,15 @@ async def _communicate(
 
 
 async def _kill(proc: asyncio.subprocess.Process) -> None:
+    """Kill the command's whole process group, then drain its pipes: on Python 3.11 ``wait()`` only
+    returns once the pipes are closed, and an unread, full pipe (or a surviving grandchild holding it)
+    would otherwise block it forever. Bounded, so a process that escaped its group cannot hang us."""
     if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-    await asyncio.shield(proc.wait())
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(TimeoutError, OSError, ValueError):
+        async with asyncio.timeout(_REAP_LIMIT):
+            await asyncio.shield(proc.communicate())
 
 
 def _code(proc: asyncio.subprocess.Process) -> int:

@@ -80,8 +80,9 @@ class Informer:
             cont = meta.get("continue")
             if not cont:
                 break
-        old = self.cache
-        self.cache = fresh
+        old = dict(self.cache)
+        self.cache.clear()  # in place: readers hold a reference to this dict
+        self.cache.update(fresh)
         for name, obj in fresh.items():
             prev = old.get(name)
             if prev is None or prev["metadata"].get("resourceVersion") != obj["metadata"].get("resourceVersion"):

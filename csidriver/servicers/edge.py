@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -52,6 +53,9 @@ def rpc(method: Handler[Resp]) -> Handler[Resp]:
         detail = ""
         try:
             return await method(self, request, context)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
         except errors.DriverError as e:
             code = CODES.get(type(e), grpc.StatusCode.INTERNAL)
             detail = str(e)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from csidriver.api import constants as c
@@ -55,8 +55,18 @@ def matches(labels: Mapping[str, str], segment: Segment) -> bool:
     return all(labels.get(k) == v for k, v in segment.items())
 
 
-def _settled(vol: DeviceVolume | None) -> bool:
-    return vol is None or vol.deleting or vol.state is not State.PENDING
+def _settled() -> Callable[[DeviceVolume | None], bool]:
+    """True once the volume, after it has been seen, is Ready, Failed, being deleted, or gone."""
+    seen = False
+
+    def pred(vol: DeviceVolume | None) -> bool:
+        nonlocal seen
+        if vol is None:
+            return seen
+        seen = True
+        return vol.deleting or vol.state is not State.PENDING
+
+    return pred
 
 
 class Provisioner:
@@ -142,7 +152,7 @@ class Provisioner:
     async def _outcome(self, vol: DeviceVolume) -> CreatedVolume:
         name = vol.name
         try:
-            final = await self._cluster.wait_for(name, _settled, self._timeout)
+            final = await self._cluster.wait_for(name, _settled(), self._timeout)
         except TimeoutError as e:
             raise DeadlineExceeded(f"volume {name} is not ready yet on node {vol.owner_node}; retry") from e
         if final is None or final.deleting:

@@ -111,7 +111,7 @@ class Publisher:
         async with self._lock(volume_id):
             existing = await self._mounted_at(target)
             if existing is not None:
-                if existing.major_minor != vol.major_minor:
+                if not _same_device(existing, vol):
                     raise AlreadyExists(f"{target} already has another device mounted")
                 if existing.read_only != read_only:
                     raise AlreadyExists(f"{target} is published with read_only={existing.read_only}")
@@ -173,11 +173,19 @@ class Publisher:
             raise NotFound(f"volume_path {path} does not exist")
         vol = await self.locate(volume_id, {})
         mount = await self._mounted_at(path)
-        if mount is None or mount.major_minor != vol.major_minor:
+        if mount is None or not _same_device(mount, vol):
             raise NotFound(f"volume {volume_id} is not published at {path}")
-        if await asyncio.to_thread(os.path.isfile, path):
+        if not await asyncio.to_thread(os.path.isdir, path):  # a bind-mounted device node
             return VolumeStats(block=True, total=await self._host.block_size(vol.device))
         return await self._host.stats(path)
+
+
+def _same_device(mount: MountInfo, vol: LocatedVolume) -> bool:
+    """The mount at a target shows the volume: its device (filesystem), its source path (btrfs reports an
+    anonymous device number) or, for a bind-mounted device node, the node's path inside /dev."""
+    if mount.fstype == "devtmpfs":
+        return mount.root == vol.device.removeprefix("/dev")
+    return mount.major_minor == vol.major_minor or mount.source == vol.device
 
 
 def _make_dir(path: str) -> bool:

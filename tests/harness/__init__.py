@@ -1,0 +1,1 @@
+"""Real components for tests, the demo and benchmarks: etcd + kube-apiserver, loop disks, driver processes."""

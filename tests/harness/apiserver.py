@@ -1,0 +1,217 @@
+"""A real etcd + kube-apiserver on loopback, with token identities for the admin and each driver component."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.harness.tools import ROOT, Tools
+
+NAMESPACE = "openebs"
+CONTROLLER_SA = "openebs-device-controller-sa"
+AGENT_SA = "openebs-device-node-sa"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def spawn(argv: list[str], log: Path, **kw: object) -> subprocess.Popen[bytes]:
+    """Start a process whose output goes to `log` (appended); the parent keeps no file open."""
+    with log.open("ab") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, **kw)  # type: ignore[call-overload]
+
+
+def _wait(what: str, check: object, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if check():  # type: ignore[operator]
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} not ready after {timeout}s:\n{log.read_text()[-4000:]}")
+
+
+@dataclass
+class Identity:
+    user: str
+    token: str
+    groups: tuple[str, ...]
+    kubeconfig: str = ""
+
+
+@dataclass
+class ApiServer:
+    tools: Tools
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="dlpv-api-")))
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    identities: dict[str, Identity] = field(default_factory=dict)
+    url: str = ""
+    audit_log: Path | None = None
+
+    def start(self, audit: bool = False) -> ApiServer:
+        w = self.workdir
+        etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
+        etcd_log = w / "etcd.log"
+        self.procs.append(
+            spawn(
+                [
+                    self.tools.etcd, "--data-dir", str(w / "etcd"), "--name", "test",
+                    "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
+                    "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
+                    "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
+                    "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
+                    "--initial-cluster", f"test=http://127.0.0.1:{peer_port}",
+                    "--unsafe-no-fsync", "--log-level", "warn",
+                ],
+                etcd_log,
+            )
+        )
+        _wait(
+            "etcd",
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{etcd_port}/health", timeout=1).status == 200,
+            30, self.procs[-1], etcd_log,
+        )
+        key = w / "sa.key"
+        subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True)
+        self._identities()
+        args = [
+            self.tools.kube_apiserver,
+            f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+            f"--cert-dir={w / 'certs'}",
+            f"--secure-port={api_port}",
+            "--bind-address=127.0.0.1",
+            "--service-cluster-ip-range=10.0.0.0/24",
+            "--authorization-mode=RBAC",
+            "--service-account-issuer=https://kubernetes.default.svc",
+            f"--service-account-key-file={key}",
+            f"--service-account-signing-key-file={key}",
+            f"--token-auth-file={w / 'tokens.csv'}",
+            "--disable-admission-plugins=ServiceAccount",
+            "--allow-privileged=true",
+        ]
+        if audit:
+            self.audit_log = w / "audit.log"
+            policy = w / "audit-policy.yaml"
+            policy.write_text(
+                "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: Metadata\n  omitStages: [RequestReceived]\n"
+            )
+            args += [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-mode=blocking"]
+        api_log = w / "kube-apiserver.log"
+        self.procs.append(spawn(args, api_log))
+        self.url = f"https://127.0.0.1:{api_port}"
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        admin = self.identities["admin"].token
+
+        def ready() -> bool:
+            req = urllib.request.Request(f"{self.url}/readyz", headers={"Authorization": f"Bearer {admin}"})
+            return bool(urllib.request.urlopen(req, context=ctx, timeout=2).status == 200)
+
+        _wait("kube-apiserver", ready, 90, self.procs[-1], api_log)
+        for ident in self.identities.values():
+            ident.kubeconfig = self._kubeconfig(ident)
+        return self
+
+    def _identities(self) -> None:
+        sa = f"system:serviceaccount:{NAMESPACE}:"
+        sa_groups = ("system:serviceaccounts", f"system:serviceaccounts:{NAMESPACE}", "system:authenticated")
+        self.identities = {
+            "admin": Identity("admin", secrets.token_hex(16), ("system:masters",)),
+            "controller": Identity(sa + CONTROLLER_SA, secrets.token_hex(16), sa_groups),
+            "agent": Identity(sa + AGENT_SA, secrets.token_hex(16), sa_groups),
+        }
+        lines = [f'{i.token},{i.user},{i.user},"{",".join(i.groups)}"' for i in self.identities.values()]
+        (self.workdir / "tokens.csv").write_text("\n".join(lines) + "\n")
+
+    def _kubeconfig(self, ident: Identity) -> str:
+        cfg = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "test", "cluster": {"server": self.url, "insecure-skip-tls-verify": True}}],
+            "users": [{"name": ident.user, "user": {"token": ident.token}}],
+            "contexts": [{"name": "test", "context": {"cluster": "test", "user": ident.user}}],
+            "current-context": "test",
+        }
+        path = self.workdir / f"kubeconfig-{ident.user.rsplit(':', 1)[-1]}"
+        path.write_text(json.dumps(cfg))
+        return str(path)
+
+    def kubectl(self, *args: str, identity: str = "admin", check: bool = True, input: str | None = None) -> str:
+        done = subprocess.run(
+            [self.tools.kubectl, "--kubeconfig", self.identities[identity].kubeconfig, *args],
+            capture_output=True, text=True, input=input, check=False,
+        )
+        if check and done.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)} failed: {done.stderr}")
+        return done.stdout
+
+    def install_driver_objects(self) -> None:
+        """CRDs, namespace, RBAC and CSIDriver from the repository, applied as they would be on a cluster."""
+        self.kubectl("apply", "-f", str(ROOT / "deploy" / "namespace.yaml"))
+        for crd in ("devicevolume.yaml", "devicenode.yaml"):
+            self.kubectl("apply", "-f", str(ROOT / "crds" / crd))
+        self.kubectl("wait", "--for=condition=Established", "crd/devicevolumes.local.openebs.io",
+                     "crd/devicenodes.local.openebs.io", "--timeout=30s")
+        self.kubectl("apply", "-f", str(ROOT / "deploy" / "rbac.yaml"))
+        self.kubectl("apply", "-f", str(ROOT / "deploy" / "csidriver.yaml"))
+
+    def add_node(self, name: str, labels: dict[str, str] | None = None) -> None:
+        node = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, **(labels or {})}},
+        }
+        self.kubectl("apply", "-f", "-", input=json.dumps(node))
+
+    def pause(self) -> None:
+        """Freeze kube-apiserver (SIGSTOP): clients see it as unreachable."""
+        self.procs[-1].send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.procs[-1].send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            p.terminate()
+        for p in reversed(self.procs):
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.procs.clear()
+        shutil.rmtree(self.workdir / "etcd", ignore_errors=True)
+
+    def __enter__(self) -> ApiServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def keep_logs(api: ApiServer, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("kube-apiserver.log", "etcd.log"):
+        src = api.workdir / name
+        if src.exists():
+            shutil.copy(src, dest / name)
+    os.sync()
