@@ -98,9 +98,7 @@ def cluster(api: ApiServer) -> Iterator[Cluster]:
         driver.controller().wait_ready()
         # The agent sees every test disk; only the pool disks may ever be touched.
         driver.agent(NODE, [d.device for d in [*pool_disks, foreign, lookalike]]).wait_ready()
-        yield Cluster(
-            api, driver, disks, pool_disks, foreign, foreign.sha256(), lookalike, lookalike.sha256(), workdir
-        )
+        yield Cluster(api, driver, disks, pool_disks, foreign, foreign.sha256(), lookalike, lookalike.sha256(), workdir)
     finally:
         driver.stop()
         ARTIFACTS.mkdir(exist_ok=True)

@@ -65,6 +65,7 @@ class Runner:
 
     def __init__(self, path: str | None = None) -> None:
         self._path = path
+        self._reapers: set[asyncio.Task[None]] = set()
 
     def _env(self) -> dict[str, str]:
         path = self._path or os.environ.get("PATH") or DEFAULT_PATH
@@ -81,22 +82,40 @@ class Runner:
         args = tuple(argv)
         if not args or not all(isinstance(a, str) for a in args):
             raise ValueError("argv must be a non-empty sequence of strings")
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *args,
-                stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=self._env(),
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise CommandError(args, 127, f"cannot start {args[0]}: {exc.strerror}") from exc
+        proc = await self._spawn(args, piped_input=input is not None)
         out, err = await _communicate(proc, args, input, timeout)
         done = Completed(args, _code(proc), _text(out), _text(err))
         if check and done.returncode != 0:
             raise CommandError(args, done.returncode, done.stderr or done.stdout)
         return done
+
+    async def _spawn(self, args: tuple[str, ...], *, piped_input: bool) -> asyncio.subprocess.Process:
+        """Start a command. The start itself is shielded: cancelling asyncio's subprocess creation
+        mid-way can hang forever on Python 3.11, so a cancelled caller hands the process to a reaper."""
+        spawn = asyncio.ensure_future(
+            asyncio.create_subprocess_exec(
+                *args,
+                stdin=asyncio.subprocess.PIPE if piped_input else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=self._env(),
+                start_new_session=True,
+            )
+        )
+        try:
+            return await asyncio.shield(spawn)
+        except OSError as exc:
+            raise CommandError(args, 127, f"cannot start {args[0]}: {exc.strerror}") from exc
+        except asyncio.CancelledError:
+            spawn.add_done_callback(self._reap_abandoned)
+            raise
+
+    def _reap_abandoned(self, spawn: asyncio.Future[asyncio.subprocess.Process]) -> None:
+        if spawn.cancelled() or spawn.exception() is not None:
+            return
+        reaper = asyncio.ensure_future(_kill(spawn.result()))
+        self._reapers.add(reaper)
+        reaper.add_done_callback(self._reapers.discard)
 
 
 async def _communicate(

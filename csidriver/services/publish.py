@@ -168,10 +168,9 @@ class Publisher:
             raise InvalidArgument("volume_id must not be empty")
         if not path:
             raise InvalidArgument("volume_path must not be empty")
-        check_target(path, "volume_path")
-        if not await asyncio.to_thread(os.path.exists, path):
-            raise NotFound(f"volume_path {path} does not exist")
         vol = await self.locate(volume_id, {})
+        if not os.path.isabs(path) or not await asyncio.to_thread(os.path.exists, path):
+            raise NotFound(f"volume_path {path} does not exist")
         mount = await self._mounted_at(path)
         if mount is None or not _same_device(mount, vol):
             raise NotFound(f"volume {volume_id} is not published at {path}")

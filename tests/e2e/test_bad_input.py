@@ -39,9 +39,20 @@ def _layout(cluster: Cluster) -> list[list[dict[str, object]]]:
         ({"requisite": [{"openebs.io/nodename": "no-such-node"}]}, C.RESOURCE_EXHAUSTED, ["requested topology"]),
     ],
     ids=[
-        "unknown-param", "missing-pool", "bad-pool-name", "unknown-scheduler", "duplicate-key", "multi-writer",
-        "multi-reader", "unsupported-fs", "hostile-mount-flag", "required-over-limit", "rounding-over-limit",
-        "too-big", "unknown-pool", "impossible-topology",
+        "unknown-param",
+        "missing-pool",
+        "bad-pool-name",
+        "unknown-scheduler",
+        "duplicate-key",
+        "multi-writer",
+        "multi-reader",
+        "unsupported-fs",
+        "hostile-mount-flag",
+        "required-over-limit",
+        "rounding-over-limit",
+        "too-big",
+        "unknown-pool",
+        "impossible-topology",
     ],
 )
 def test_create_rejects(cluster: Cluster, kwargs: dict, code: grpc.StatusCode, words: list[str]) -> None:
@@ -92,7 +103,9 @@ def test_publish_rejects_bad_requests(cluster: Cluster, volume) -> None:  # type
     target = str(cluster.workdir / "bad-pub")
     got, msg = code_of(lambda: publish(cluster.node_channel, "pvc-" + str(uuid.uuid4()), target))
     assert got == C.NOT_FOUND, msg
-    got, msg = code_of(lambda: publish(cluster.node_channel, volume, target, mount_cap(mode=AM.MULTI_NODE_MULTI_WRITER)))
+    got, msg = code_of(
+        lambda: publish(cluster.node_channel, volume, target, mount_cap(mode=AM.MULTI_NODE_MULTI_WRITER))
+    )
     assert got == C.INVALID_ARGUMENT, msg
     # A block-published path cannot be re-published as something else.
     publish(cluster.node_channel, volume, target + "-blk", block_cap())
@@ -106,13 +119,22 @@ def test_publish_rejects_bad_requests(cluster: Cluster, volume) -> None:  # type
 
 def test_validate_and_stats_errors(cluster: Cluster, volume) -> None:  # type: ignore[no-untyped-def]
     ctl = csi_pb2_grpc.ControllerStub(cluster.controller_channel)
-    got, _ = code_of(lambda: ctl.ValidateVolumeCapabilities(
-        csi_pb2.ValidateVolumeCapabilitiesRequest(volume_id="pvc-nope", volume_capabilities=[mount_cap()])))
+    got, _ = code_of(
+        lambda: ctl.ValidateVolumeCapabilities(
+            csi_pb2.ValidateVolumeCapabilitiesRequest(volume_id="pvc-nope", volume_capabilities=[mount_cap()])
+        )
+    )
     assert got == C.NOT_FOUND
-    r = ctl.ValidateVolumeCapabilities(csi_pb2.ValidateVolumeCapabilitiesRequest(
-        volume_id=volume.volume_id, volume_capabilities=[mount_cap(mode=AM.MULTI_NODE_MULTI_WRITER)]))
+    r = ctl.ValidateVolumeCapabilities(
+        csi_pb2.ValidateVolumeCapabilitiesRequest(
+            volume_id=volume.volume_id, volume_capabilities=[mount_cap(mode=AM.MULTI_NODE_MULTI_WRITER)]
+        )
+    )
     assert not r.HasField("confirmed") and "single node" in r.message
     node = csi_pb2_grpc.NodeStub(cluster.node_channel)
-    got, _ = code_of(lambda: node.NodeGetVolumeStats(
-        csi_pb2.NodeGetVolumeStatsRequest(volume_id=volume.volume_id, volume_path=str(cluster.workdir / "nope"))))
+    got, _ = code_of(
+        lambda: node.NodeGetVolumeStats(
+            csi_pb2.NodeGetVolumeStatsRequest(volume_id=volume.volume_id, volume_path=str(cluster.workdir / "nope"))
+        )
+    )
     assert got == C.NOT_FOUND

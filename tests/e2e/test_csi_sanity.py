@@ -34,10 +34,13 @@ def test_csi_sanity(cluster: Cluster, go_tools: Tools, access_type: str) -> None
         f"--csi.testvolumeaccesstype={access_type}",
         f"--ginkgo.junit-report={junit}",
         "--ginkgo.timeout=20m",
+        "--ginkgo.no-color",
     ]
     with log.open("w") as out:
         done = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, timeout=1500)
-    tail = log.read_text()[-6000:]
+    text = log.read_text()
+    failed = [line for line in text.splitlines() if "[FAILED]" in line or "[PANICKED]" in line]
+    tail = "\n".join(failed) + "\n" + text[-3000:]
     assert done.returncode == 0, f"csi-sanity ({access_type}) failed:\n{tail}"
     suite = ET.parse(junit).getroot()
     failures = int(suite.get("failures", "0")) + int(suite.get("errors", "0"))

@@ -135,9 +135,7 @@ def test_original_driver_volume_is_adopted(cluster: Cluster) -> None:
     subprocess.run(["sfdisk", "--json", disk], check=True, capture_output=True)
     free_start = max(int(p["start"]) + int(p["size"]) for p in partitions(disk))
     start_mib = -(-free_start * 512 // MIB) + 1
-    subprocess.run(
-        ["parted", "-s", disk, "mkpart", uid, f"{start_mib}MiB", f"{start_mib + 8}MiB"], check=True
-    )
+    subprocess.run(["parted", "-s", disk, "mkpart", uid, f"{start_mib}MiB", f"{start_mib + 8}MiB"], check=True)
     subprocess.run(["mkfs.ext4", "-q", "-F", f"{disk}p{len(partitions(disk))}"], check=False)
     body = {
         "apiVersion": "local.openebs.io/v1alpha1",
@@ -152,8 +150,15 @@ def test_original_driver_volume_is_adopted(cluster: Cluster) -> None:
     }
     cluster.api.kubectl("apply", "-f", "-", input=json.dumps(body))
     cluster.api.kubectl(
-        "patch", "devicevolume", "-n", "openebs", f"pvc-{uid}", "--subresource=status", "--type=merge",
-        "-p", '{"status": {"state": "Ready"}}',
+        "patch",
+        "devicevolume",
+        "-n",
+        "openebs",
+        f"pvc-{uid}",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        '{"status": {"state": "Ready"}}',
     )
     target = str(cluster.workdir / "adopted")
     vol = csi_pb2.Volume(volume_id=f"pvc-{uid}", volume_context={"openebs.io/devicename": POOL})

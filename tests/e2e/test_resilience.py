@@ -103,7 +103,10 @@ def test_partition_left_by_crash_before_wipe_is_wiped(cluster: Cluster) -> None:
     start = (-(-end * 512 // MIB) + 1) * MIB // 512
     subprocess.run(
         ["sfdisk", "--append", "--no-reread", "--no-tell-kernel", disk],
-        input=f'start={start}, size={4 * MIB // 512}, name="{pname}"\n', text=True, check=True, capture_output=True,
+        input=f'start={start}, size={4 * MIB // 512}, name="{pname}"\n',
+        text=True,
+        check=True,
+        capture_output=True,
     )
     number = len(partitions(disk))
     subprocess.run(["partx", "--add", "--nr", str(number), disk], check=True)
@@ -112,9 +115,14 @@ def test_partition_left_by_crash_before_wipe_is_wiped(cluster: Cluster) -> None:
     assert not blank(node)
     # The DeviceVolume as CreateVolume had written it before the crash.
     body = {
-        "apiVersion": "local.openebs.io/v1alpha1", "kind": "DeviceVolume",
-        "metadata": {"name": name, "namespace": "openebs", "labels": {"kubernetes.io/nodename": NODE},
-                     "finalizers": ["device.openebs.io/finalizer"]},
+        "apiVersion": "local.openebs.io/v1alpha1",
+        "kind": "DeviceVolume",
+        "metadata": {
+            "name": name,
+            "namespace": "openebs",
+            "labels": {"kubernetes.io/nodename": NODE},
+            "finalizers": ["device.openebs.io/finalizer"],
+        },
         "spec": {"ownerNodeID": NODE, "capacity": str(4 * MIB), "devname": POOL},
     }
     cluster.api.kubectl("create", "-f", "-", input=json.dumps(body))

@@ -73,13 +73,24 @@ class ApiServer:
         self.procs.append(
             spawn(
                 [
-                    self.tools.etcd, "--data-dir", str(w / "etcd"), "--name", "test",
-                    "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
-                    "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
-                    "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
-                    "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
-                    "--initial-cluster", f"test=http://127.0.0.1:{peer_port}",
-                    "--unsafe-no-fsync", "--log-level", "warn",
+                    self.tools.etcd,
+                    "--data-dir",
+                    str(w / "etcd"),
+                    "--name",
+                    "test",
+                    "--listen-client-urls",
+                    f"http://127.0.0.1:{etcd_port}",
+                    "--advertise-client-urls",
+                    f"http://127.0.0.1:{etcd_port}",
+                    "--listen-peer-urls",
+                    f"http://127.0.0.1:{peer_port}",
+                    "--initial-advertise-peer-urls",
+                    f"http://127.0.0.1:{peer_port}",
+                    "--initial-cluster",
+                    f"test=http://127.0.0.1:{peer_port}",
+                    "--unsafe-no-fsync",
+                    "--log-level",
+                    "warn",
                 ],
                 etcd_log,
             )
@@ -87,7 +98,9 @@ class ApiServer:
         _wait(
             "etcd",
             lambda: urllib.request.urlopen(f"http://127.0.0.1:{etcd_port}/health", timeout=1).status == 200,
-            30, self.procs[-1], etcd_log,
+            30,
+            self.procs[-1],
+            etcd_log,
         )
         key = w / "sa.key"
         subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True)
@@ -111,7 +124,8 @@ class ApiServer:
             self.audit_log = w / "audit.log"
             policy = w / "audit-policy.yaml"
             policy.write_text(
-                "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: Metadata\n  omitStages: [RequestReceived]\n"
+                "apiVersion: audit.k8s.io/v1\nkind: Policy\n"
+                "rules:\n- level: Metadata\n  omitStages: [RequestReceived]\n"
             )
             args += [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-mode=blocking"]
         api_log = w / "kube-apiserver.log"
@@ -158,7 +172,10 @@ class ApiServer:
     def kubectl(self, *args: str, identity: str = "admin", check: bool = True, input: str | None = None) -> str:
         done = subprocess.run(
             [self.tools.kubectl, "--kubeconfig", self.identities[identity].kubeconfig, *args],
-            capture_output=True, text=True, input=input, check=False,
+            capture_output=True,
+            text=True,
+            input=input,
+            check=False,
         )
         if check and done.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args)} failed: {done.stderr}")
@@ -169,8 +186,13 @@ class ApiServer:
         self.kubectl("apply", "-f", str(ROOT / "deploy" / "namespace.yaml"))
         for crd in ("devicevolume.yaml", "devicenode.yaml"):
             self.kubectl("apply", "-f", str(ROOT / "crds" / crd))
-        self.kubectl("wait", "--for=condition=Established", "crd/devicevolumes.local.openebs.io",
-                     "crd/devicenodes.local.openebs.io", "--timeout=30s")
+        self.kubectl(
+            "wait",
+            "--for=condition=Established",
+            "crd/devicevolumes.local.openebs.io",
+            "crd/devicenodes.local.openebs.io",
+            "--timeout=30s",
+        )
         self.kubectl("apply", "-f", str(ROOT / "deploy" / "rbac.yaml"))
         self.kubectl("apply", "-f", str(ROOT / "deploy" / "csidriver.yaml"))
 

@@ -22,9 +22,7 @@ class Tools:
 
 
 def tools() -> Tools:
-    out = subprocess.run(
-        [str(ROOT / "hack" / "tools.sh"), "env"], check=True, capture_output=True, text=True
-    ).stdout
+    out = subprocess.run([str(ROOT / "hack" / "tools.sh"), "env"], check=True, capture_output=True, text=True).stdout
     env = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
     kube = env["KUBE_BIN_DIR"]
     return Tools(

@@ -53,12 +53,8 @@ def test_sfdisk_json_parted_pool_disk() -> None:
     assert (t.label, t.disk_guid, t.sector_size) == ("gpt", "26989174-A51A-42F5-BB93-366673F06BDC", 512)
     assert (t.first_lba, t.last_lba, t.table_length) == (34, 524254, 128)
     assert t.partitions == (
-        PartitionEntry(
-            1, "/dev/loop0p1", 2048, 18432, LINUX, "1D292B07-8C9E-4435-AF78-24851CB45B67", "pool-a", ""
-        ),
-        PartitionEntry(
-            2, "/dev/loop0p2", 20480, 40960, LINUX, "89E85B95-6F4C-D847-83D1-384F5913C662", "vol-one", ""
-        ),
+        PartitionEntry(1, "/dev/loop0p1", 2048, 18432, LINUX, "1D292B07-8C9E-4435-AF78-24851CB45B67", "pool-a", ""),
+        PartitionEntry(2, "/dev/loop0p2", 20480, 40960, LINUX, "89E85B95-6F4C-D847-83D1-384F5913C662", "vol-one", ""),
         PartitionEntry(
             3,
             "/dev/loop0p3",
@@ -241,9 +237,7 @@ def test_mountinfo_sample() -> None:
 
 
 def test_mountinfo_optional_fields_and_escapes() -> None:
-    line = (
-        r"36 35 98:0 /mnt1 /mnt/a\011b\134c rw,noatime master:1 shared:7 - ext3 /dev/root rw,errors=continue"
-    )
+    line = r"36 35 98:0 /mnt1 /mnt/a\011b\134c rw,noatime master:1 shared:7 - ext3 /dev/root rw,errors=continue"
     (m,) = parse_mountinfo(line + "\n\n")
     assert m.optional_fields == ("master:1", "shared:7")
     assert (m.root, m.mount_point, m.fstype) == ("/mnt1", "/mnt/a\tb\\c", "ext3")

@@ -254,18 +254,10 @@ def test_skipped_disks_do_not_add_free_space(skipped: DiskState) -> None:
     ("candidate", "size", "expected"),
     [
         pytest.param(node("n", disk(10 * GiB)), 5 * GiB, True, id="no-pending-fits"),
-        pytest.param(
-            node("n", disk(10 * GiB), pending={POOL: (6 * GiB,)}), 5 * GiB, False, id="pending-eats-extent"
-        ),
-        pytest.param(
-            node("n", disk(10 * GiB), pending={POOL: (5 * GiB,)}), 5 * GiB, True, id="pending-leaves-exact"
-        ),
-        pytest.param(
-            node("n", disk(entries=1), pending={POOL: (GiB,)}), GiB, False, id="pending-takes-last-entry"
-        ),
-        pytest.param(
-            node("n", disk(10 * GiB), pending={"slow": (9 * GiB,)}), 5 * GiB, True, id="other-pool-pending"
-        ),
+        pytest.param(node("n", disk(10 * GiB), pending={POOL: (6 * GiB,)}), 5 * GiB, False, id="pending-eats-extent"),
+        pytest.param(node("n", disk(10 * GiB), pending={POOL: (5 * GiB,)}), 5 * GiB, True, id="pending-leaves-exact"),
+        pytest.param(node("n", disk(entries=1), pending={POOL: (GiB,)}), GiB, False, id="pending-takes-last-entry"),
+        pytest.param(node("n", disk(10 * GiB), pending={"slow": (9 * GiB,)}), 5 * GiB, True, id="other-pool-pending"),
         pytest.param(node("n", disk(10 * GiB), pending={POOL: ()}), 10 * GiB, True, id="empty-pending"),
         pytest.param(
             node("n", disk(10 * GiB), pending={POOL: (20 * GiB,)}),
@@ -313,12 +305,8 @@ def test_pending_reservations_fit(candidate: NodeState, size: int, expected: boo
     ("candidate", "expected"),
     [
         pytest.param(node("n"), (0, 0), id="no-disk"),
-        pytest.param(
-            node("n", disk(10 * GiB, 4 * GiB), disk(3 * GiB, guid="g2")), (13 * GiB, 4 * GiB), id="plain"
-        ),
-        pytest.param(
-            node("n", disk(10 * GiB), pending={POOL: (4 * GiB,)}), (6 * GiB, 6 * GiB), id="one-pending"
-        ),
+        pytest.param(node("n", disk(10 * GiB, 4 * GiB), disk(3 * GiB, guid="g2")), (13 * GiB, 4 * GiB), id="plain"),
+        pytest.param(node("n", disk(10 * GiB), pending={POOL: (4 * GiB,)}), (6 * GiB, 6 * GiB), id="one-pending"),
         pytest.param(
             node("n", disk(10 * GiB), disk(9 * GiB, guid="g2"), pending={POOL: (3 * GiB, 8 * GiB)}),
             (8 * GiB, 6 * GiB),
