@@ -126,7 +126,7 @@ class PartitionManager:
         want = -(-size // MIB) * MIB
         disk = await asyncio.to_thread(os.path.realpath, disk_path)
         async with self._locked(disk):
-            table = _require_pool(disk, pool, await self._read(disk))
+            table = _require_pool(disk, pool, await self._read(disk), name)
             entry = named(table, name) or await self._append(disk, table, name, want)
             return await self._activate(disk, table.sector_size, entry)
 
@@ -154,7 +154,7 @@ class PartitionManager:
         validate_name(name)
         disk = await asyncio.to_thread(os.path.realpath, disk_path)
         async with self._locked(disk):
-            table = _require_pool(disk, pool, await self._read(disk))
+            table = _require_pool(disk, pool, await self._read(disk), name)
             entries = [p for p in table.partitions if p.name == name and p.number != 1]
             for entry in entries:
                 await self._remove(disk, table.sector_size, entry)
@@ -204,6 +204,9 @@ class PartitionManager:
         if seen is not None and seen != want:
             await self._runner.run(["partx", "--delete", "--nr", number, "--", disk])
         added = await self._runner.run(["partx", "--add", "--nr", number, "--", disk], check=False)
+        if added.returncode != 0 and not await asyncio.to_thread(self._node_ready, node, want):
+            # BLKPG is synchronous: a failed add that left nothing behind will not fix itself.
+            raise PartitionError(f"cannot add {node} to the kernel: {added.stderr.strip()}")
         await self._wait_for(node, want, added.stderr)
         return part
 
@@ -243,11 +246,14 @@ class PartitionManager:
             raise
 
 
-def _require_pool(disk: str, pool: str, table: DiskTable | None) -> DiskTable:
+def _require_pool(disk: str, pool: str, table: DiskTable | None, volume: str = "") -> DiskTable:
+    """The table, if it proves ``disk`` belongs to ``pool``; a volume may not share the pool's name."""
     meta = table.by_number(1) if table else None
     if table is None or table.label != "gpt" or meta is None or not pool or meta.name != pool:
         found = "no partition table" if table is None else f"{table.label}, #1={meta.name if meta else None!r}"
         raise NotAPoolDisk(f"{disk} is not a disk of pool {pool!r} ({found})")
+    if volume == pool:
+        raise UnsafeOperation(f"{volume!r} names the meta partition #1 of {disk}")
     return table
 
 

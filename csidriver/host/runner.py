@@ -91,7 +91,8 @@ class Runner:
 
     async def _spawn(self, args: tuple[str, ...], *, piped_input: bool) -> asyncio.subprocess.Process:
         """Start a command. The start itself is shielded: cancelling asyncio's subprocess creation
-        mid-way can hang forever on Python 3.11, so a cancelled caller hands the process to a reaper."""
+        mid-way can hang forever on Python 3.11 (unconnected pipes never report closed), so a
+        cancelled caller lets the start finish, then kills and reaps the process before re-raising."""
         spawn = asyncio.ensure_future(
             asyncio.create_subprocess_exec(
                 *args,
@@ -107,15 +108,24 @@ class Runner:
         except OSError as exc:
             raise CommandError(args, 127, f"cannot start {args[0]}: {exc.strerror}") from exc
         except asyncio.CancelledError:
-            spawn.add_done_callback(self._reap_abandoned)
+            await self._abandon(spawn)
             raise
 
-    def _reap_abandoned(self, spawn: asyncio.Future[asyncio.subprocess.Process]) -> None:
-        if spawn.cancelled() or spawn.exception() is not None:
-            return
-        reaper = asyncio.ensure_future(_kill(spawn.result()))
+    async def _abandon(self, spawn: asyncio.Future[asyncio.subprocess.Process]) -> None:
+        """Kill a process whose caller was cancelled; wait for that unless cancelled once more."""
+        reaper = asyncio.ensure_future(_reap(spawn))
         self._reapers.add(reaper)
         reaper.add_done_callback(self._reapers.discard)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(reaper)
+
+
+async def _reap(spawn: asyncio.Future[asyncio.subprocess.Process]) -> None:
+    try:
+        proc = await spawn
+    except Exception:
+        return
+    await _kill(proc)
 
 
 async def _communicate(

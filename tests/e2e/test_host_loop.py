@@ -212,9 +212,12 @@ async def test_concurrent_creates_and_deletes(disks: Disks) -> None:
     """Two managers (as two agents would be) race on one disk: only the flock serialises them."""
     managers = [manager(disks), manager(disks)]
     names = [f"vol-{i:02d}" for i in range(20)]
-    created = await asyncio.gather(
-        *(managers[i % 2].create(disks.pool, "ssd", n, (i % 3 + 1) * MiB) for i, n in enumerate(names))
-    )
+    async with asyncio.TaskGroup() as group:  # a failure cancels and awaits the siblings
+        tasks = [
+            group.create_task(managers[i % 2].create(disks.pool, "ssd", n, (i % 3 + 1) * MiB))
+            for i, n in enumerate(names)
+        ]
+    created = [t.result() for t in tasks]
     assert sorted(p.name for p in created) == names
     assert len({p.number for p in created}) == 20 and len({p.node for p in created}) == 20
     spans = sorted((p.start, p.start + p.size) for p in created)
@@ -222,8 +225,9 @@ async def test_concurrent_creates_and_deletes(disks: Disks) -> None:
     assert spans[0][0] >= 10 * MiB
     assert all(kernel_size(p.node) == p.size for p in created)
     assert len(table_of(disks.pool)) == 21
-    deleted = await asyncio.gather(*(managers[i % 2].delete(disks.pool, "ssd", n) for i, n in enumerate(names)))
-    assert all(deleted)
+    async with asyncio.TaskGroup() as group:
+        removals = [group.create_task(managers[i % 2].delete(disks.pool, "ssd", n)) for i, n in enumerate(names)]
+    assert all(t.result() for t in removals)
     assert table_of(disks.pool) == [(1, 1, 9, "ssd")]
 
 

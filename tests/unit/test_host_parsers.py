@@ -3,6 +3,8 @@ pure decisions built on them (pool classification, best fit, name/option validat
 
 from __future__ import annotations
 
+import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +29,7 @@ from csidriver.host.partitions import (
     InsufficientCapacity,
     NotAPoolDisk,
     PartitionManager,
+    UnsafeOperation,
     best_fit,
     validate_name,
 )
@@ -318,6 +321,34 @@ async def test_runner_timeout_kills() -> None:
         await Runner().run([sys.executable, "-c", "import time; time.sleep(30)"], timeout=0.2)
 
 
+def running_with_arg(marker: str) -> list[str]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                if marker.encode() in handle.read().split(b"\0"):
+                    found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+async def test_runner_cancellation_kills_and_never_hangs() -> None:
+    """Cancelled at every stage (even mid-spawn), commands are killed and reaped promptly."""
+    marker = "29.7654"
+    runner = Runner()
+    for delay in (0.0, 0.001, 0.005, 0.02, 0.1):
+        tasks = [asyncio.create_task(runner.run(["sleep", marker])) for _ in range(5)]
+        await asyncio.sleep(delay)
+        for task in tasks:
+            task.cancel()
+        async with asyncio.timeout(10):
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert all(isinstance(r, asyncio.CancelledError) for r in results)
+    await asyncio.sleep(0.1)
+    assert await asyncio.to_thread(running_with_arg, marker) == []
+
+
 async def test_runner_missing_program() -> None:
     with pytest.raises(CommandError) as caught:
         await Runner().run(["/nonexistent/tool"])
@@ -366,12 +397,15 @@ async def test_no_write_to_a_disk_of_another_pool(fake_disk: str, tmp_path: Path
     assert all(call[:2] == ("sfdisk", "--json") for call in runner.calls)
 
 
-async def test_delete_absent_and_meta_name_is_noop(fake_disk: str, tmp_path: Path) -> None:
+async def test_absent_name_is_noop_and_meta_name_refused(fake_disk: str, tmp_path: Path) -> None:
     runner = FakeRunner(data("sfdisk_json_msftdata.json"))
     manager = PartitionManager(runner, str(tmp_path / "locks"))
     assert await manager.delete(fake_disk, "ssd", "absent") is False
-    assert await manager.delete(fake_disk, "ssd", "ssd") is False  # partition #1 is never a volume
-    assert len(runner.calls) == 2
+    with pytest.raises(UnsafeOperation):
+        await manager.delete(fake_disk, "ssd", "ssd")  # partition #1 is never a volume
+    with pytest.raises(UnsafeOperation):
+        await manager.create(fake_disk, "ssd", "ssd", MiB)
+    assert all(call[:2] == ("sfdisk", "--json") for call in runner.calls)
 
 
 async def test_hostile_names_never_reach_a_command(fake_disk: str, tmp_path: Path) -> None:
