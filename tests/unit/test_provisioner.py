@@ -1,0 +1,134 @@
+"""Provisioner logic against an in-memory VolumeStore and a simulated agent (the real path is in tests/e2e)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from csidriver.api.objects import Device, devices_list
+from csidriver.services.cluster import ClusterState
+from csidriver.services.errors import AlreadyExists, InvalidArgument, ResourceExhausted
+from csidriver.services.provisioning import Provisioner
+from csidriver.services.requests import AccessMode, Capability, CreateRequest
+
+MIB = 1 << 20
+CAP = (Capability(False, AccessMode.SINGLE_NODE_WRITER),)
+
+
+class FakeStore:
+    """Stores objects and plays both the informer and an agent that carves whatever fits, first fit."""
+
+    namespace = "openebs"
+
+    def __init__(self, cluster: ClusterState, free: dict[str, int]) -> None:
+        self.cluster = cluster
+        self.objects: dict[str, dict[str, Any]] = {}
+        self.free = dict(free)  # node -> bytes left on its single disk
+        self.creates = 0
+        self.labels: dict[str, dict[str, str]] = {}
+
+    def node(self, name: str, labels: Mapping[str, str] | None = None) -> None:
+        labels = self.labels.setdefault(name, dict(labels or {}))
+        dev = Device("ssd", name, 1 << 30, self.free[name], self.free[name], 100)
+        obj = {"metadata": {"name": name, "labels": labels}, "devices": devices_list((dev,))}
+        self.cluster.on_node(name, None, obj)
+
+    async def get_volume(self, name: str) -> dict[str, Any] | None:
+        return self.objects.get(name)
+
+    async def create_volume(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        self.creates += 1
+        obj = dict(body)
+        name = obj["metadata"]["name"]
+        self.objects[name] = obj
+        asyncio.get_running_loop().call_soon(self._agent, name)
+        return obj
+
+    def _agent(self, name: str) -> None:
+        obj = self.objects[name]
+        self.cluster.on_volume(name, None, obj)
+        node, size = obj["spec"]["ownerNodeID"], int(obj["spec"]["capacity"])
+        if self.free[node] >= size:
+            self.free[node] -= size
+            self.node(node)
+            state: dict[str, Any] = {"state": "Ready"}
+        else:
+            state = {"state": "Failed", "error": {"code": "InsufficientCapacity", "message": "full"}}
+        new = {**obj, "status": state}
+        self.objects[name] = new
+        self.cluster.on_volume(name, obj, new)
+
+    async def delete_volume(self, name: str) -> None:
+        obj = self.objects.pop(name, None)
+        if obj is not None:
+            self.cluster.on_volume(name, obj, None)
+
+
+def request(name: str, size: int, **kw: Any) -> CreateRequest:
+    return CreateRequest(
+        name=name, required_bytes=size, limit_bytes=0, parameters={"devname": "ssd"}, capabilities=CAP, **kw
+    )
+
+
+@pytest.fixture
+def env() -> tuple[Provisioner, FakeStore]:
+    cluster = ClusterState()
+    store = FakeStore(cluster, {"a": 100 * MIB, "b": 60 * MIB, "c": 0})
+    for n in ("a", "b", "c"):
+        store.node(n, {"zone": "z1" if n != "b" else "z2"})
+    return Provisioner(store, cluster, timeout=5), store
+
+
+async def test_concurrent_creates_never_double_book(env: tuple[Provisioner, FakeStore]) -> None:
+    prov, store = env
+    # 16 x 10 MiB = 160 MiB = exactly what a (100) and b (60) hold together.
+    vols = await asyncio.gather(*(prov.create(request(f"v{i}", 10 * MIB)) for i in range(16)))
+    assert sorted(v.node for v in vols).count("a") == 10
+    assert store.creates == 16 and store.free == {"a": 0, "b": 0, "c": 0}
+    with pytest.raises(ResourceExhausted, match="largest free extent is 0 bytes"):
+        await prov.create(request("one-more", MIB))
+
+
+async def test_idempotent_and_conflicting_names(env: tuple[Provisioner, FakeStore]) -> None:
+    prov, store = env
+    a = await prov.create(request("pvc-x", 10 * MIB))
+    b = await prov.create(request("pvc-x", 10 * MIB))
+    assert a == b and store.creates == 1
+    with pytest.raises(AlreadyExists):
+        await prov.create(request("pvc-x", 20 * MIB))
+
+
+async def test_topology(env: tuple[Provisioner, FakeStore]) -> None:
+    prov, _ = env
+    vol = await prov.create(request("p", MIB, preferred=({"openebs.io/nodename": "b"},)))
+    assert vol.node == "b"
+    vol = await prov.create(request("r", MIB, requisite=({"zone": "z2"},)))
+    assert vol.node == "b"
+    with pytest.raises(ResourceExhausted, match="requested topology"):
+        await prov.create(request("none", MIB, requisite=({"openebs.io/nodename": "c"},)))
+    # A preferred node that cannot fit is skipped, never chosen.
+    vol = await prov.create(request("skip", 70 * MIB, preferred=({"openebs.io/nodename": "b"},)))
+    assert vol.node == "a"
+
+
+async def test_capacity_reports_total_free_and_largest_extent(env: tuple[Provisioner, FakeStore]) -> None:
+    prov, _ = env
+    assert prov.capacity({"devname": "ssd"}, None, CAP) == (160 * MIB, 100 * MIB)
+    assert prov.capacity({"devname": "ssd"}, {"zone": "z2"}, CAP) == (60 * MIB, 60 * MIB)
+    assert prov.capacity({"devname": "ssd"}, None, (Capability(False, AccessMode.MULTI_NODE_MULTI_WRITER),)) == (0, 0)
+    with pytest.raises(InvalidArgument):
+        prov.capacity({"devname": "ssd", "bogus": "1"}, None, CAP)
+
+
+async def test_agent_failure_maps_to_resource_exhausted_and_cleans_up() -> None:
+    cluster = ClusterState()
+    store = FakeStore(cluster, {"a": 100 * MIB})
+    store.node("a")
+    store.free["a"] = 0  # the DeviceNode says 100 MiB but the disk is full: the agent will fail
+    prov = Provisioner(store, cluster, timeout=5)
+    with pytest.raises(ResourceExhausted, match="node a: full"):
+        await prov.create(request("v", MIB))
+    assert store.objects == {}
