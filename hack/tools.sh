@@ -113,7 +113,7 @@ case $cmd in
   all)
     start=$(date +%s)
     build_etcd; build_csi_sanity; build_kube kube-apiserver kubectl kube-controller-manager kube-scheduler
-    # csi-provisioner is built on demand (hack/tools.sh csi-provisioner) by the multi-node tests
+    build_provisioner
     log "tools ready in $(( $(date +%s) - start ))s under $cache_root" ;;
   *) echo "unknown tool: $cmd" >&2; exit 2 ;;
 esac

@@ -33,7 +33,7 @@ def _e2e_possible() -> str | None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     why = _e2e_possible()
     for item in items:
-        if "/e2e/" in str(item.fspath) or "/bench/" in str(item.fspath):
+        if any(part in str(item.fspath) for part in ("/e2e/", "/k8s/", "/bench/")):
             item.add_marker(pytest.mark.e2e)
             if why:
                 item.add_marker(pytest.mark.skip(reason=why))

@@ -131,6 +131,7 @@ class VolumeReconciler:
                 f"pool {vol.pool!r} on node {self._node} cannot fit {vol.capacity} bytes: "
                 f"largest free extent is {largest} bytes"
             )
+        await self._reporter.refresh()  # what the controller believed was stale: correct it before reporting
         await self._fail(vol, raw, ErrorCode.INSUFFICIENT_CAPACITY, why)
         return None
 

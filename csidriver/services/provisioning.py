@@ -118,13 +118,27 @@ class Provisioner:
             nodes = [n for n in nodes if any(matches(node_labels(self._cluster, n), s) for s in req.requisite)]
         return nodes
 
+    def _preferred(self, req: CreateRequest, candidates: list[str]) -> list[str]:
+        """Preferred nodes in order, when the preference narrows the choice.
+
+        The external-provisioner lists *every* requisite node as preferred (in a rotating order) for Immediate
+        binding; that expresses no preference and is left to the scheduling policy. A preference that names a
+        subset (the selected node of WaitForFirstConsumer, a user's choice) is honoured first."""
+        ordered: list[str] = []
+        for segment in req.preferred:
+            for node in sorted(candidates):
+                if node not in ordered and matches(node_labels(self._cluster, node), segment):
+                    ordered.append(node)
+        if len(candidates) > 1 and set(ordered) >= set(candidates):
+            return []
+        return ordered
+
     def _choose(self, pool: str, size: int, req: CreateRequest, policy: Any) -> str:
         candidates = self._candidates(req)
         states = [self._cluster.node_state(n) for n in candidates]
-        for segment in req.preferred:
-            for st in sorted(states, key=lambda s: s.node):
-                if matches(node_labels(self._cluster, st.node), segment) and fits(st, pool, size):
-                    return st.node
+        for node in self._preferred(req, candidates):
+            if fits(self._cluster.node_state(node), pool, size):
+                return node
         ranked = rank_nodes(states, Request(pool=pool, size=size, policy=policy))
         if ranked:
             return ranked[0]

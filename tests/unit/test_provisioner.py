@@ -132,3 +132,12 @@ async def test_agent_failure_maps_to_resource_exhausted_and_cleans_up() -> None:
     with pytest.raises(ResourceExhausted, match="node a: full"):
         await prov.create(request("v", MIB))
     assert store.objects == {}
+
+
+async def test_preference_covering_every_node_is_left_to_the_policy(env: tuple[Provisioner, FakeStore]) -> None:
+    prov, _ = env
+    everyone = tuple({"openebs.io/nodename": n} for n in ("b", "a", "c"))
+    # FreeCapacityWeighted would pick a (100 MiB free) although b comes first in the provisioner's rotation.
+    req = request("rot", MIB, preferred=everyone, requisite=everyone)
+    req = CreateRequest(**{**req.__dict__, "parameters": {"devname": "ssd", "scheduler": "FreeCapacityWeighted"}})
+    assert (await prov.create(req)).node == "a"

@@ -1,0 +1,179 @@
+"""A multi-node test cluster on one machine: the API server plus kube-controller-manager, kube-scheduler and the
+external csi-provisioner (all real), our controller, and one agent per simulated node with its own loop disks,
+its own socket, its own Node and CSINode objects."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.harness.apiserver import NAMESPACE, ApiServer, free_port, spawn
+from tests.harness.disks import LoopDisk, LoopDisks
+from tests.harness.driver import Driver, Process
+from tests.harness.tools import Tools
+
+DRIVER = "device.csi.openebs.io"
+TOPOLOGY_KEY = "openebs.io/nodename"
+KCM_CONTROLLERS = ",".join(
+    [
+        "persistentvolume-binder-controller",
+        "persistentvolume-expander-controller",
+        "persistentvolume-protection-controller",
+        "persistentvolumeclaim-protection-controller",
+        "garbage-collector-controller",
+    ]
+)
+
+
+@dataclass
+class SimNode:
+    name: str
+    disks: list[LoopDisk]
+    agent: Process
+
+
+@dataclass
+class KubeCluster:
+    api: ApiServer
+    tools: Tools
+    workdir: Path
+    disks: LoopDisks = field(default_factory=LoopDisks)
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    nodes: dict[str, SimNode] = field(default_factory=dict)
+    driver: Driver | None = None
+    metrics_port: int = 0
+
+    def start_kube_components(self) -> None:
+        admin = self.api.identities["admin"].kubeconfig
+        self.procs.append(
+            spawn(
+                [
+                    self.tools.kube_controller_manager,
+                    f"--kubeconfig={admin}",
+                    f"--controllers={KCM_CONTROLLERS}",
+                    "--leader-elect=false",
+                    "--bind-address=127.0.0.1",
+                    f"--secure-port={free_port()}",
+                    "--concurrent-gc-syncs=5",
+                ],
+                self.workdir / "kube-controller-manager.log",
+            )
+        )
+        self.procs.append(
+            spawn(
+                [
+                    self.tools.kube_scheduler,
+                    f"--kubeconfig={admin}",
+                    "--leader-elect=false",
+                    "--bind-address=127.0.0.1",
+                    f"--secure-port={free_port()}",
+                ],
+                self.workdir / "kube-scheduler.log",
+            )
+        )
+
+    def start_driver(self, capacity_poll: str = "1s") -> None:
+        self.driver = Driver(self.api, self.workdir)
+        self.metrics_port = free_port()
+        ctl = self.driver.controller(METRICS_ADDRESS=f"127.0.0.1:{self.metrics_port}")
+        ctl.wait_ready()
+        env = {"NAMESPACE": NAMESPACE, "PATH": "/usr/bin:/bin"}
+        self.procs.append(
+            spawn(
+                [
+                    self.tools.csi_provisioner,
+                    f"--kubeconfig={self.api.identities['controller'].kubeconfig}",
+                    f"--csi-address={ctl.socket}",
+                    "--strict-topology",
+                    "--extra-create-metadata",
+                    "--default-fstype=ext4",
+                    "--enable-capacity",
+                    "--capacity-ownerref-level=-1",
+                    f"--capacity-poll-interval={capacity_poll}",
+                    "--leader-election=false",
+                    "--timeout=30s",
+                    "--retry-interval-start=500ms",
+                    "--retry-interval-max=5s",
+                    "--worker-threads=100",
+                    "--kube-api-qps=100",
+                    "--kube-api-burst=200",
+                    "--v=2",
+                ],
+                self.workdir / "csi-provisioner.log",
+                env=env,
+            )
+        )
+
+    def add_node(self, name: str, disks: list[tuple[str, int]]) -> SimNode:
+        """A Ready Node with capacity for pods, its CSINode, pool disks `(pool, MiB)`, and its agent."""
+        made = [self.disks.pool(pool, size) for pool, size in disks]
+        labels = {"kubernetes.io/hostname": name, TOPOLOGY_KEY: name}
+        self.api.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=json.dumps({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}}),
+        )
+        status = {
+            "status": {
+                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "simulated"}],
+                "capacity": {"cpu": "8", "memory": "16Gi", "pods": "250"},
+                "allocatable": {"cpu": "8", "memory": "16Gi", "pods": "250"},
+            }
+        }
+        self.api.kubectl("patch", "node", name, "--subresource=status", "--type=merge", "-p", json.dumps(status))
+        self.api.kubectl("taint", "nodes", name, "node.kubernetes.io/not-ready:NoSchedule-", check=False)
+        self.api.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=json.dumps(
+                {
+                    "apiVersion": "storage.k8s.io/v1",
+                    "kind": "CSINode",
+                    "metadata": {"name": name},
+                    "spec": {"drivers": [{"name": DRIVER, "nodeID": name, "topologyKeys": [TOPOLOGY_KEY]}]},
+                }
+            ),
+        )
+        assert self.driver is not None
+        agent = self.driver.agent(name, [d.device for d in made])
+        agent.wait_ready()
+        node = SimNode(name, made, agent)
+        self.nodes[name] = node
+        return node
+
+    def apply(self, obj: dict[str, object]) -> None:
+        self.api.kubectl("apply", "-f", "-", input=json.dumps(obj))
+
+    def get(self, *what: str, namespace: str | None = "default") -> dict:  # type: ignore[type-arg]
+        ns = ["-n", namespace] if namespace else []
+        return json.loads(self.api.kubectl("get", *what, *ns, "-o", "json"))  # type: ignore[no-any-return]
+
+    def rpc_counts(self) -> dict[tuple[str, str], float]:
+        """The controller's CSI call counters by (method, code)."""
+        import urllib.request
+
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line.startswith("device_localpv_rpc_total{"):
+                labels = dict(kv.split("=", 1) for kv in line[line.index("{") + 1 : line.index("}")].split(","))
+                key = (labels["method"].strip('"'), labels["code"].strip('"'))
+                out[key] = float(line.rsplit(" ", 1)[1])
+        return out
+
+    def stop(self) -> None:
+        if self.driver is not None:
+            self.driver.stop()
+        for p in reversed(self.procs):
+            p.terminate()
+        for p in reversed(self.procs):
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.disks.cleanup()
