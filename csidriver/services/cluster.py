@@ -34,7 +34,8 @@ class ClusterState:
         self._load: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])  # (node,pool) -> bytes, count
         self._pending: dict[str, dict[str, Reservation]] = defaultdict(dict)  # node -> volume -> reservation
         self._reserved: dict[str, Reservation] = {}  # volume -> reservation made here, not yet in the cache
-        self._states: dict[str, NodeState] = {}  # cache of scheduler snapshots, dropped on change
+        self._states: dict[str, NodeState] = {}  # scheduler snapshots of every node, rebuilt when dirty
+        self._dirty: set[str] = set()
         self._waiters: dict[str, list[tuple[Predicate, asyncio.Future[DeviceVolume | None]]]] = {}
 
     # -- informer handlers ---------------------------------------------------------------------------------
@@ -52,9 +53,11 @@ class ClusterState:
     def on_node(self, name: str, _old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> None:
         if new is None:
             self.nodes.pop(name, None)
+            self._states.pop(name, None)
+            self._dirty.discard(name)
         else:
             self.nodes[name] = node_from_dict(new)
-        self._states.pop(name, None)
+            self._dirty.add(name)
 
     def _account(self, vol: DeviceVolume, sign: int) -> None:
         load = self._load[(vol.owner_node, vol.pool)]
@@ -65,23 +68,31 @@ class ClusterState:
                 self._pending[vol.owner_node][vol.name] = Reservation(vol.owner_node, vol.pool, vol.capacity)
             else:
                 self._pending[vol.owner_node].pop(vol.name, None)
-        self._states.pop(vol.owner_node, None)
+        self._dirty.add(vol.owner_node)
 
     # -- reservations made by CreateVolume before the object exists ------------------------------------------
     def reserve(self, name: str, node: str, pool: str, size: int) -> None:
         self._reserved[name] = Reservation(node, pool, size)
-        self._states.pop(node, None)
+        self._dirty.add(node)
 
     def release(self, name: str) -> None:
         r = self._reserved.pop(name, None)
         if r is not None:
-            self._states.pop(r.node, None)
+            self._dirty.add(r.node)
 
     # -- scheduler snapshots ---------------------------------------------------------------------------------
+    def states(self) -> list[NodeState]:
+        """Snapshots of every node (only the nodes that changed since the last call are rebuilt)."""
+        for node in list(self._dirty):
+            if node in self.nodes:
+                self.node_state(node)
+        return list(self._states.values())
+
     def node_state(self, node: str) -> NodeState:
         cached = self._states.get(node)
-        if cached is not None:
+        if cached is not None and node not in self._dirty:
             return cached
+        self._dirty.discard(node)
         dn = self.nodes[node]
         pools = {d.name for d in dn.devices}
         pending: dict[str, list[int]] = defaultdict(list)

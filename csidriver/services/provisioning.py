@@ -30,7 +30,7 @@ from csidriver.services.requests import (
     parse_params,
     volume_size,
 )
-from scheduler import Request, fits, pool_capacity, rank_nodes
+from scheduler import NodeState, Request, best_node, fits, pool_capacity
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +112,13 @@ class Provisioner:
             )
         return vol
 
-    def _candidates(self, req: CreateRequest) -> list[str]:
-        nodes = list(self._cluster.nodes)
+    def _candidates(self, req: CreateRequest) -> list[NodeState]:
+        states = self._cluster.states()
         if req.requisite:
-            nodes = [n for n in nodes if any(matches(node_labels(self._cluster, n), s) for s in req.requisite)]
-        return nodes
+            states = [
+                st for st in states if any(matches(node_labels(self._cluster, st.node), s) for s in req.requisite)
+            ]
+        return states
 
     def _preferred(self, req: CreateRequest, candidates: list[str]) -> list[str]:
         """Preferred nodes in order, when the preference narrows the choice.
@@ -134,14 +136,13 @@ class Provisioner:
         return ordered
 
     def _choose(self, pool: str, size: int, req: CreateRequest, policy: Any) -> str:
-        candidates = self._candidates(req)
-        states = [self._cluster.node_state(n) for n in candidates]
-        for node in self._preferred(req, candidates):
+        states = self._candidates(req)
+        for node in self._preferred(req, [st.node for st in states]) if req.preferred else ():
             if fits(self._cluster.node_state(node), pool, size):
                 return node
-        ranked = rank_nodes(states, Request(pool=pool, size=size, policy=policy))
-        if ranked:
-            return ranked[0]
+        best = best_node(states, Request(pool=pool, size=size, policy=policy))
+        if best is not None:
+            return best
         if pool not in self._cluster.known_pools():
             known = ", ".join(sorted(self._cluster.known_pools())) or "none"
             raise ResourceExhausted(f"no node reports pool {pool!r} (pools known: {known})")

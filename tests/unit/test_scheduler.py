@@ -374,3 +374,34 @@ ARTICLE = [
 )
 def test_design_article_scenario(policy: Policy, expected: list[str]) -> None:
     assert rank(ARTICLE, policy, 10 * GiB) == expected
+
+
+def test_best_node_agrees_with_rank_nodes_on_every_table() -> None:
+    """The one-pass hot path must pick exactly the first node of the full ranking."""
+    import random
+
+    from scheduler import best_node
+
+    rng = random.Random(7)
+    for _ in range(300):
+        nodes = []
+        for i in range(rng.randint(0, 8)):
+            disks = tuple(
+                DiskState(
+                    pool=rng.choice(["ssd", "hdd"]),
+                    guid=f"g{i}{d}",
+                    size=100,
+                    free=(free := rng.randint(0, 100)),
+                    largest_extent=rng.randint(0, free),
+                    free_entries=rng.randint(0, 2),
+                    healthy=rng.random() > 0.1,
+                    cordoned=rng.random() < 0.1,
+                )
+                for d in range(rng.randint(0, 3))
+            )
+            pending = {"ssd": tuple(rng.randint(1, 30) for _ in range(rng.randint(0, 2)))}
+            nodes.append(NodeState(f"n{i}", disks, {"ssd": rng.randint(0, 50)}, {"ssd": rng.randint(0, 5)}, pending))
+        for policy in Policy:
+            req = Request(pool="ssd", size=rng.randint(1, 60), policy=policy)
+            ranked = rank_nodes(nodes, req)
+            assert best_node(nodes, req) == (ranked[0] if ranked else None)
