@@ -6,6 +6,7 @@ import argparse
 import enum
 import os
 import re
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -43,6 +44,11 @@ class Settings:
     lock_dir: str
     workers: int
     log_level: str
+    max_deletions: int
+    deletion_window_seconds: float
+    leader_election: bool
+    lease_seconds: float
+    identity: str
 
     @property
     def socket_path(self) -> str:
@@ -67,6 +73,11 @@ _ENV: Mapping[str, tuple[str, str]] = {
     "lock_dir": ("LOCK_DIR", "/run/device-localpv/locks"),
     "workers": ("WORKERS", "16"),
     "log_level": ("LOG_LEVEL", "INFO"),
+    "max_deletions": ("MAX_DELETIONS", "120"),
+    "deletion_window_seconds": ("DELETION_WINDOW_SECONDS", "60"),
+    "leader_election": ("LEADER_ELECTION", "true"),
+    "lease_seconds": ("LEASE_SECONDS", "15"),
+    "identity": ("POD_NAME", ""),
 }
 
 
@@ -96,6 +107,14 @@ def _number(name: str, value: str, kind: type[float] | type[int], minimum: float
     if n < minimum:
         raise SettingsError(f"--{name.replace('_', '-')}: must be >= {minimum}, got {value}")
     return n
+
+
+def _flag(name: str, value: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise SettingsError(f"--{name.replace('_', '-')}: expected true or false, got {value!r}")
 
 
 def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
@@ -136,6 +155,11 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
         lock_dir=raw["lock_dir"],
         workers=int(_number("workers", raw["workers"], int, 1)),
         log_level=raw["log_level"].upper(),
+        max_deletions=int(_number("max_deletions", raw["max_deletions"], int, 0)),
+        deletion_window_seconds=_number("deletion_window_seconds", raw["deletion_window_seconds"], float, 1),
+        leader_election=_flag("leader_election", raw["leader_election"]),
+        lease_seconds=_number("lease_seconds", raw["lease_seconds"], float, 3),
+        identity=raw["identity"] or socket.gethostname(),
     )
 
 

@@ -95,7 +95,7 @@ def cluster(api: ApiServer) -> Iterator[Cluster]:
         pool_disks = [disks.pool(POOL, 1024), disks.pool(POOL, 1024, msftdata=True)]
         foreign = disks.foreign_ext4(64)
         lookalike = disks.pool("nvme-" + POOL + "2", 256)  # an unanchored match would take it
-        driver.controller().wait_ready()
+        driver.controller(LEASE_SECONDS="4").wait_ready()
         # The agent sees every test disk; only the pool disks may ever be touched.
         driver.agent(NODE, [d.device for d in [*pool_disks, foreign, lookalike]]).wait_ready()
         yield Cluster(api, driver, disks, pool_disks, foreign, foreign.sha256(), lookalike, lookalike.sha256(), workdir)

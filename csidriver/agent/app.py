@@ -8,8 +8,9 @@ import random
 from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from csidriver.agent.brake import DeletionBrake
 from csidriver.agent.localhost import LocalHost
 from csidriver.agent.reporter import NodeReporter
 from csidriver.agent.volumes import VolumeReconciler
@@ -64,6 +65,16 @@ def _disk_metrics(reporter: NodeReporter) -> Iterable[Metric]:
     return families.values()
 
 
+def _brake_metrics(brake: DeletionBrake) -> Iterable[Metric]:
+    deferred = CounterMetricFamily(
+        "device_localpv_deletions_deferred", "Partition deletions deferred by the brake on destruction"
+    )
+    deferred.add_metric([], brake.deferred)
+    engaged = GaugeMetricFamily("device_localpv_deletion_brake_engaged", "1 while deletions are being held back")
+    engaged.add_metric([], 1 if brake.engaged else 0)
+    return [deferred, engaged]
+
+
 async def run(settings: Settings) -> None:
     runner = Runner()
     inventory = DiskInventory(runner, settings.include_devices_regex, settings.ignore_devices_regex)
@@ -103,7 +114,9 @@ async def run(settings: Settings) -> None:
             reporter_box.append(reporter)
             metrics.add_collector(lambda: _disk_metrics(reporter))
             informer = kube.volume_informer(settings.node_id)
-            reconciler = VolumeReconciler(kube, informer.cache, partitions, reporter, settings.node_id)
+            brake = DeletionBrake(settings.max_deletions, settings.deletion_window_seconds)
+            metrics.add_collector(lambda: _brake_metrics(brake))
+            reconciler = VolumeReconciler(kube, informer.cache, partitions, reporter, settings.node_id, brake)
             queue = WorkQueue(reconciler.reconcile, settings.workers, "devicevolume")
             informer.subscribe(lambda name, _old, _new: queue.add(name))
             await _first_scan(reporter)

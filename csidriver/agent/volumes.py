@@ -14,6 +14,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from csidriver.agent.brake import DeletionBrake
 from csidriver.agent.reporter import NodeReporter
 from csidriver.agent.workqueue import Retry
 from csidriver.api import constants as c
@@ -48,12 +49,14 @@ class VolumeReconciler:
         partitions: PartitionManager,
         reporter: NodeReporter,
         node_id: str,
+        brake: DeletionBrake,
     ) -> None:
         self._kube = kube
         self._cache = cache
         self._parts = partitions
         self._reporter = reporter
         self._node = node_id
+        self._brake = brake
 
     async def reconcile(self, name: str) -> float | None:
         raw = self._cache.get(name)
@@ -65,7 +68,7 @@ class VolumeReconciler:
             return None
         try:
             if vol.deleting:
-                await self._delete(vol, raw)
+                return await self._delete(vol, raw)
             elif vol.state is State.PENDING:
                 await self._create(vol, raw)
         except (Conflict, Gone) as e:
@@ -147,13 +150,25 @@ class VolumeReconciler:
         )
         await self._kube.record_event(raw, c.VOLUME_KIND, "Warning", "ProvisioningFailed", message)
 
-    async def _delete(self, vol: DeviceVolume, raw: Mapping[str, Any]) -> None:
+    async def _delete(self, vol: DeviceVolume, raw: Mapping[str, Any]) -> float | None:
+        """None when done, else seconds after which to try again (the brake on destruction is engaged)."""
         if c.FINALIZER not in vol.finalizers:
-            return
+            return None
         pname = naming.partition_name(vol.name)
         disks = self._pool_disks(vol.pool)
         found = await self._parts.find(disks, pname)
         if found is not None:
+            wait = self._brake.wait_time()
+            if wait > 0:
+                if not self._brake.engaged:
+                    self._brake.engaged = True
+                    msg = (
+                        f"node {self._node} reached {self._brake.limit} partition deletions in "
+                        f"{self._brake.window:.0f}s; deletions resume in {wait:.1f}s"
+                    )
+                    log.warning("%s", msg)
+                    await self._kube.record_event(raw, c.VOLUME_KIND, "Warning", "DeletionsThrottled", msg)
+                return wait
             disk, _ = found
             try:
                 await self._parts.delete(disk.path, vol.pool, pname)
@@ -170,3 +185,4 @@ class VolumeReconciler:
             raise Retry(msg)
         await self._kube.remove_finalizer(vol.name, vol.finalizers, c.FINALIZER)
         log.info("volume %s deleted", vol.name)
+        return None

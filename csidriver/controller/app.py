@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 
 from csidriver.config import Settings
 from csidriver.csi import csi_pb2_grpc
 from csidriver.kube.client import make_api_client
+from csidriver.kube.lease import LeaseElector
 from csidriver.kube.resources import Kube
 from csidriver.metrics import Metrics
 from csidriver.servicers.controller import ControllerServicer
@@ -36,9 +38,15 @@ async def run(settings: Settings) -> None:
             return "DeviceVolume cache not synced"
         if not nodes.synced.is_set():
             return "DeviceNode cache not synced"
+        if elector is not None and not elector.attempted.is_set():
+            return "leader election not tried yet"
         return None
 
     provisioner = Provisioner(kube, cluster, settings.create_timeout_seconds)
+    elector = None
+    if settings.leader_election:
+        lease_name = re.sub(r"[^a-z0-9-]", "-", settings.driver_name.lower()) + "-controller"
+        elector = LeaseElector(api, settings.namespace, lease_name, settings.identity, settings.lease_seconds)
     server = await start_server(
         settings.socket_path,
         [
@@ -48,7 +56,7 @@ async def run(settings: Settings) -> None:
             ),
             (
                 csi_pb2_grpc.add_ControllerServicer_to_server,
-                ControllerServicer(provisioner, metrics.observe_rpc),
+                ControllerServicer(provisioner, metrics.observe_rpc, elector.is_leader if elector else None),
             ),
         ],
     )
@@ -62,7 +70,11 @@ async def run(settings: Settings) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(volumes.run())
             tg.create_task(nodes.run())
+            if elector is not None:
+                tg.create_task(elector.run())
             tg.create_task(server.wait_for_termination())
     finally:
         await server.stop(grace=2)
+        if elector is not None:
+            await elector.release()
         await api.close()

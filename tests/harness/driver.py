@@ -78,16 +78,16 @@ class Driver:
         env.update(extra)
         return env
 
-    def controller(self, **extra: str) -> Process:
-        sock = str(self.workdir / "controller.sock")
+    def controller(self, name: str = "controller", **extra: str) -> Process:
+        sock = str(self.workdir / f"{name}.sock")
         p = Process(
-            "controller",
+            name,
             [sys.executable, "-m", "csidriver", "controller"],
-            self._env("controller", {"CSI_ENDPOINT": f"unix://{sock}", **extra}),
-            self.workdir / "controller.log",
+            self._env("controller", {"CSI_ENDPOINT": f"unix://{sock}", "POD_NAME": name, **extra}),
+            self.workdir / f"{name}.log",
             sock,
         )
-        self.processes["controller"] = p
+        self.processes[name] = p
         return p.start()
 
     def agent(self, node: str, devices: list[str], **extra: str) -> Process:

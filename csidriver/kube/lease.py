@@ -1,0 +1,113 @@
+"""Leader election on a coordination.k8s.io Lease, so that only one controller replica places volumes.
+
+Expiry is judged on this process's own clock: a lease is free once its renewTime has not changed for a whole
+lease duration since we first saw that value, so clock skew between replicas does not matter. A leader that
+cannot renew for a lease duration steps down by itself before anyone else can take over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import time
+from typing import Any
+
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+class LeaseElector:
+    def __init__(self, api: client.ApiClient, namespace: str, name: str, identity: str, duration: float = 15.0) -> None:
+        self._api: Any = client.CoordinationV1Api(api)
+        self._ns = namespace
+        self._name = name
+        self.identity = identity
+        self._duration = duration
+        self._renewed_at = 0.0  # monotonic time of our last successful renew
+        self._seen: tuple[str, float] = ("", 0.0)  # (holder+renewTime seen, monotonic when first seen)
+        self.became_leader = asyncio.Event()
+        self.attempted = asyncio.Event()  # set after the first try, won or lost
+
+    def is_leader(self) -> bool:
+        return self._renewed_at > 0 and time.monotonic() - self._renewed_at < self._duration
+
+    def _body(self, transitions: int, acquired: datetime.datetime | None) -> Any:
+        now = _now()
+        return client.V1Lease(
+            metadata=client.V1ObjectMeta(name=self._name, namespace=self._ns),
+            spec=client.V1LeaseSpec(
+                holder_identity=self.identity,
+                lease_duration_seconds=int(self._duration),
+                acquire_time=acquired or now,
+                renew_time=now,
+                lease_transitions=transitions,
+            ),
+        )
+
+    async def _attempt(self) -> None:
+        try:
+            lease = await self._api.read_namespaced_lease(self._name, self._ns)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            await self._api.create_namespaced_lease(self._ns, self._body(0, None))
+            self._won()
+            return
+        spec = lease.spec
+        mine = spec.holder_identity == self.identity
+        stamp = f"{spec.holder_identity}/{spec.renew_time}"
+        if stamp != self._seen[0]:
+            self._seen = (stamp, time.monotonic())
+        expired = time.monotonic() - self._seen[1] > (spec.lease_duration_seconds or self._duration)
+        if not (mine or not spec.holder_identity or expired):
+            return
+        transitions = (spec.lease_transitions or 0) + (0 if mine else 1)
+        body = self._body(transitions, spec.acquire_time if mine else None)
+        body.metadata.resource_version = lease.metadata.resource_version
+        try:
+            await self._api.replace_namespaced_lease(self._name, self._ns, body)
+        except ApiException as e:
+            if e.status == 409:
+                return  # someone else renewed or took it first
+            raise
+        if not mine:
+            log.info("acquired lease %s/%s as %s", self._ns, self._name, self.identity)
+        self._won()
+
+    def _won(self) -> None:
+        self._renewed_at = time.monotonic()
+        self.became_leader.set()
+
+    async def release(self) -> None:
+        """On a clean shutdown, hand the lease over at once instead of letting it expire."""
+        if not self.is_leader():
+            return
+        self._renewed_at = 0.0
+        try:
+            lease = await self._api.read_namespaced_lease(self._name, self._ns)
+            if lease.spec.holder_identity == self.identity:
+                lease.spec.holder_identity = None
+                await self._api.replace_namespaced_lease(self._name, self._ns, lease)
+        except Exception as e:
+            log.warning("could not release lease %s: %s", self._name, e)
+
+    async def run(self) -> None:
+        while True:
+            was = self.is_leader()
+            try:
+                await self._attempt()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("lease %s: %s", self._name, e)
+            self.attempted.set()
+            if was and not self.is_leader():
+                log.warning("lost lease %s/%s: no longer serving CreateVolume/DeleteVolume", self._ns, self._name)
+            await asyncio.sleep(self._duration / 3 if self.is_leader() else 2.0)
