@@ -382,12 +382,12 @@ def test_agent_permissions() -> None:
 def test_controller_deployment() -> None:
     deployment = _one("Deployment", "openebs-device-controller")
     pod = deployment["spec"]["template"]["spec"]
-    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["replicas"] == 2
     assert pod["serviceAccountName"] == CONTROLLER_SA
     containers = _containers(deployment)
     assert set(containers) == {"csi-provisioner", "device-driver"}
     provisioner = containers["csi-provisioner"]
-    assert provisioner["image"] == "registry.k8s.io/sig-storage/csi-provisioner:v6.4.0"
+    assert provisioner["image"] == "registry.k8s.io/sig-storage/csi-provisioner:v6.3.0"
     args = provisioner["args"]
     for flag in (
         "--csi-address=$(ADDRESS)",
