@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.harness.apiserver import ApiServer, keep_logs
+from tests.harness.apiserver import ApiServer, free_port, keep_logs
 from tests.harness.disks import LoopDisk, LoopDisks
 from tests.harness.driver import Driver
 from tests.harness.tools import ROOT, Tools, tools
@@ -71,6 +71,7 @@ class Cluster:
     lookalike: LoopDisk
     lookalike_sha: str
     workdir: Path
+    metrics_ports: dict[str, int]
 
     @property
     def controller_channel(self) -> grpc.Channel:
@@ -95,9 +96,12 @@ def cluster(api: ApiServer) -> Iterator[Cluster]:
         pool_disks = [disks.pool(POOL, 1024), disks.pool(POOL, 1024, msftdata=True)]
         foreign = disks.foreign_ext4(64)
         lookalike = disks.pool("nvme-" + POOL + "2", 256)  # an unanchored match would take it
-        driver.controller(LEASE_SECONDS="4").wait_ready()
+        ports = {"controller": free_port(), "agent": free_port()}
+        driver.controller(LEASE_SECONDS="4", METRICS_ADDRESS=f"127.0.0.1:{ports['controller']}").wait_ready()
         # The agent sees every test disk; only the pool disks may ever be touched.
-        driver.agent(NODE, [d.device for d in [*pool_disks, foreign, lookalike]]).wait_ready()
+        driver.agent(
+            NODE, [d.device for d in [*pool_disks, foreign, lookalike]], METRICS_ADDRESS=f"127.0.0.1:{ports['agent']}"
+        ).wait_ready()
         yield Cluster(api, driver, disks, pool_disks, foreign, foreign.sha256(), lookalike, lookalike.sha256(), workdir)
     finally:
         driver.stop()

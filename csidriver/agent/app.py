@@ -65,6 +65,14 @@ def _disk_metrics(reporter: NodeReporter) -> Iterable[Metric]:
     return families.values()
 
 
+def _queue_metrics(queue: WorkQueue) -> Iterable[Metric]:
+    depth = GaugeMetricFamily("device_localpv_reconcile_queue_depth", "DeviceVolume keys waiting to be reconciled")
+    depth.add_metric([], queue.depth())
+    retries = CounterMetricFamily("device_localpv_reconcile_retries", "DeviceVolume reconciles that failed and retry")
+    retries.add_metric([], queue.retries)
+    return [depth, retries]
+
+
 def _brake_metrics(brake: DeletionBrake) -> Iterable[Metric]:
     deferred = CounterMetricFamily(
         "device_localpv_deletions_deferred", "Partition deletions deferred by the brake on destruction"
@@ -119,6 +127,7 @@ async def run(settings: Settings) -> None:
             reconciler = VolumeReconciler(kube, informer.cache, partitions, reporter, settings.node_id, brake)
             queue = WorkQueue(reconciler.reconcile, settings.workers, "devicevolume")
             informer.subscribe(lambda name, _old, _new: queue.add(name))
+            metrics.add_collector(lambda: _queue_metrics(queue))
             await _first_scan(reporter)
             tg.create_task(reporter.run())
             tg.create_task(informer.run())

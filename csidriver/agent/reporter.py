@@ -97,7 +97,10 @@ class NodeReporter:
             return
         for _ in range(5):
             assert self._written is not None
-            body["metadata"]["resourceVersion"] = self._written["metadata"]["resourceVersion"]
+            current = self._written["metadata"]
+            body["metadata"]["resourceVersion"] = current["resourceVersion"]
+            # Keep what operators put there (cordoned disks): a replace would otherwise drop it.
+            body["metadata"]["annotations"] = current.get("annotations") or {}
             try:
                 self._written = await self._kube.replace_device_node(self._node, body)
                 self.writes += 1

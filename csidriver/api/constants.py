@@ -10,6 +10,7 @@ NODE_PLURAL: Final = "devicenodes"
 VOLUME_KIND: Final = "DeviceVolume"
 NODE_KIND: Final = "DeviceNode"
 
+DEFAULT_NAMESPACE: Final = "openebs"
 FINALIZER: Final = "device.openebs.io/finalizer"
 NODE_LABEL: Final = "kubernetes.io/nodename"
 TOPOLOGY_KEY: Final = "openebs.io/nodename"
@@ -18,6 +19,9 @@ CTX_CAS_TYPE: Final = "openebs.io/cas-type"
 CAS_TYPE: Final = "localpv-device"
 # Recorded on each DeviceVolume so a volume can be traced back to the CSI request that made it.
 CSI_NAME_ANNOTATION: Final = "local.openebs.io/csi-name"
+
+# On a DeviceNode: comma-separated GPT disk GUIDs that schedulers must skip (kubectl device-localpv cordon-disk).
+CORDON_ANNOTATION: Final = "local.openebs.io/cordoned-disks"
 
 MIB: Final = 1 << 20
 GIB: Final = 1 << 30

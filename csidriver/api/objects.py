@@ -149,8 +149,14 @@ class DeviceNode:
     resource_version: str = ""
 
 
+def cordoned_disks(meta: Mapping[str, Any]) -> set[str]:
+    raw = (meta.get("annotations") or {}).get(c.CORDON_ANNOTATION, "")
+    return {g.strip().upper() for g in raw.split(",") if g.strip()}
+
+
 def node_from_dict(obj: Mapping[str, Any]) -> DeviceNode:
     meta = obj.get("metadata") or {}
+    cordoned = cordoned_disks(meta)
     devices = []
     for d in obj.get("devices") or ():
         free = parse_quantity(d.get("free", 0))
@@ -165,7 +171,7 @@ def node_from_dict(obj: Mapping[str, Any]) -> DeviceNode:
                 free_entries=int(d.get("freeEntries", 1)),
                 path=d.get("path", ""),
                 healthy=bool(d.get("healthy", True)),
-                cordoned=bool(d.get("cordoned", False)),
+                cordoned=bool(d.get("cordoned", False)) or str(d.get("uuid", "")).upper() in cordoned,
             )
         )
     return DeviceNode(

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Iterable
+
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from csidriver.config import Settings
 from csidriver.csi import csi_pb2_grpc
@@ -21,6 +24,17 @@ from csidriver.services.provisioning import Provisioner
 log = logging.getLogger(__name__)
 
 
+def _load_metrics(cluster: ClusterState) -> Iterable[Metric]:
+    volumes = GaugeMetricFamily("device_localpv_volumes", "Volumes per node and pool", labels=["node", "pool"])
+    size = GaugeMetricFamily(
+        "device_localpv_provisioned_bytes", "Bytes provisioned per node and pool", labels=["node", "pool"]
+    )
+    for (node, pool), (provisioned, count) in sorted(cluster.load().items()):
+        volumes.add_metric([node, pool], count)
+        size.add_metric([node, pool], provisioned)
+    return [volumes, size]
+
+
 async def run(settings: Settings) -> None:
     api = await make_api_client(settings.kubeconfig, settings.kube_qps, settings.kube_burst)
     kube = Kube(api, settings.namespace, "device-localpv-controller")
@@ -31,6 +45,7 @@ async def run(settings: Settings) -> None:
     nodes.subscribe(cluster.on_node)
     metrics = Metrics()
     metrics.api_requests(api.requests)
+    metrics.add_collector(lambda: _load_metrics(cluster))
     metrics.serve(settings.metrics_address)
 
     async def readiness() -> str | None:

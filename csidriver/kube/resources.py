@@ -170,6 +170,42 @@ class Kube:
         except ApiException as e:
             raise _translate(e) from e
 
+    async def list_volumes(self) -> list[Obj]:
+        """All DeviceVolumes (for operators' commands, never a hot path)."""
+        page = await self._list_volumes()
+        return list(page.get("items") or [])
+
+    async def list_device_nodes(self) -> list[Obj]:
+        page = await self._list_nodes()
+        return list(page.get("items") or [])
+
+    async def patch_device_node(self, name: str, patch: Mapping[str, Any]) -> Obj:
+        try:
+            obj: Obj = await self._custom.patch_namespaced_custom_object(
+                c.GROUP,
+                c.VERSION,
+                self.namespace,
+                c.NODE_PLURAL,
+                name,
+                patch,
+                _content_type="application/merge-patch+json",
+            )
+            return obj
+        except ApiException as e:
+            raise _translate(e) from e
+
+    async def delete_device_node(self, name: str) -> None:
+        try:
+            await self._custom.delete_namespaced_custom_object(c.GROUP, c.VERSION, self.namespace, c.NODE_PLURAL, name)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    async def list_pvs(self) -> list[Obj]:
+        pvs = await self._core.list_persistent_volume()
+        out: list[Obj] = self.api.sanitize_for_serialization(pvs).get("items") or []
+        return out
+
     # -- core ---------------------------------------------------------------------------------------------
     async def get_node(self, name: str) -> Obj | None:
         try:

@@ -123,6 +123,10 @@ class ClusterState:
         self._states[node] = state
         return state
 
+    def load(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(node, pool) -> (provisioned bytes, volumes), for metrics."""
+        return {k: (v[0], v[1]) for k, v in self._load.items() if v[1]}
+
     def known_pools(self) -> set[str]:
         return {d.name for n in self.nodes.values() for d in n.devices}
 

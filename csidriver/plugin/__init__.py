@@ -1,0 +1,1 @@
+"""`kubectl device-localpv`: the operator's commands."""

@@ -1,0 +1,235 @@
+"""`kubectl device-localpv …` (installed as the `kubectl-device_localpv` entry point).
+
+nodes | volumes [-o table|wide|json|yaml]
+init-disk DEVICE --pool NAME [--force] [--dry-run]     run on the node that holds the disk
+cordon-disk | uncordon-disk NODE DISK_GUID [--dry-run]
+release-node NODE --reason TEXT [--force] [--dry-run]   a node that is gone for good
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+
+from csidriver.api import constants as c
+from csidriver.api.objects import cordoned_disks, node_from_dict, volume_from_dict
+from csidriver.host.initdisk import InitDiskRefused, apply_init, plan_init
+from csidriver.host.runner import Runner
+from csidriver.kube.client import make_api_client
+from csidriver.kube.resources import Kube
+
+
+def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    widths = {col: max([len(col)] + [len(str(r.get(col, ""))) for r in rows]) for col in columns}
+    lines = ["  ".join(col.upper().ljust(widths[col]) for col in columns)]
+    lines += ["  ".join(str(r.get(col, "")).ljust(widths[col]) for col in columns) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _emit(rows: list[dict[str, Any]], fmt: str, columns: Sequence[str], wide: Sequence[str]) -> None:
+    if fmt == "json":
+        print(json.dumps(rows, indent=2))
+    elif fmt == "yaml":
+        print(yaml.safe_dump(rows, sort_keys=False), end="")
+    else:
+        print(_table(rows, [*columns, *(wide if fmt == "wide" else ())]))
+
+
+async def cmd_nodes(kube: Kube, args: argparse.Namespace) -> int:
+    rows = []
+    for raw in sorted(await kube.list_device_nodes(), key=lambda o: o["metadata"]["name"]):
+        node = node_from_dict(raw)
+        for d in node.devices:
+            rows.append(
+                {
+                    "node": node.name,
+                    "pool": d.name,
+                    "disk": d.uuid,
+                    "path": d.path,
+                    "size": d.size,
+                    "free": d.free,
+                    "largestExtent": d.largest_extent,
+                    "freeEntries": d.free_entries,
+                    "health": "Healthy" if d.healthy else "Unhealthy",
+                    "cordoned": d.cordoned,
+                }
+            )
+    _emit(
+        rows,
+        args.output,
+        ["node", "pool", "path", "size", "free", "largestExtent", "health"],
+        ["disk", "freeEntries", "cordoned"],
+    )
+    return 0
+
+
+async def cmd_volumes(kube: Kube, args: argparse.Namespace) -> int:
+    claims = {
+        pv["metadata"]["name"]: f"{pv['spec']['claimRef']['namespace']}/{pv['spec']['claimRef']['name']}"
+        for pv in await kube.list_pvs()
+        if (pv.get("spec") or {}).get("claimRef")
+    }
+    rows = []
+    for raw in sorted(await kube.list_volumes(), key=lambda o: o["metadata"]["name"]):
+        v = volume_from_dict(raw)
+        rows.append(
+            {
+                "name": v.name,
+                "node": v.owner_node,
+                "pool": v.pool,
+                "disk": v.placement.disk_path,
+                "partition": v.placement.device_path,
+                "size": v.capacity,
+                "state": "Deleting" if v.deleting else v.state.value,
+                "pvc": claims.get(v.name, ""),
+                "diskGUID": v.placement.disk_guid,
+                "partitionName": v.placement.partition_name,
+            }
+        )
+    _emit(
+        rows,
+        args.output,
+        ["name", "node", "pool", "size", "state", "pvc"],
+        ["disk", "partition", "diskGUID", "partitionName"],
+    )
+    return 0
+
+
+async def cmd_cordon(kube: Kube, args: argparse.Namespace, cordon: bool) -> int:
+    raw = await kube.get_device_node(args.node)
+    if raw is None:
+        print(f"error: no DeviceNode {args.node}", file=sys.stderr)
+        return 1
+    guid = args.disk.upper()
+    if guid not in {str(d.get("uuid", "")).upper() for d in raw.get("devices") or []}:
+        print(f"error: node {args.node} reports no disk {args.disk}", file=sys.stderr)
+        return 1
+    current = cordoned_disks(raw["metadata"])
+    wanted = current | {guid} if cordon else current - {guid}
+    verb = "cordon" if cordon else "uncordon"
+    if wanted == current:
+        print(f"disk {guid} on {args.node} already {verb}ed")
+        return 0
+    patch = {"metadata": {"annotations": {c.CORDON_ANNOTATION: ",".join(sorted(wanted)) or None}}}
+    if args.dry_run:
+        print(f"would {verb} disk {guid} on {args.node}: patch DeviceNode with {json.dumps(patch)}")
+        return 0
+    await kube.patch_device_node(args.node, patch)
+    print(f"disk {guid} on {args.node} {verb}ed")
+    return 0
+
+
+async def cmd_release(kube: Kube, args: argparse.Namespace) -> int:
+    node = await kube.get_node(args.node)
+    ready = any(
+        cond.get("type") == "Ready" and cond.get("status") == "True"
+        for cond in ((node or {}).get("status") or {}).get("conditions") or []
+    )
+    if ready and not args.force:
+        print(f"error: node {args.node} is Ready; release only a node that is gone for good (--force)", file=sys.stderr)
+        return 1
+    volumes = [volume_from_dict(v) for v in await kube.list_volumes()]
+    mine = [v for v in volumes if v.owner_node == args.node]
+    who = getpass.getuser()
+    for v in mine:
+        print(f"{'would release' if args.dry_run else 'releasing'} {v.name} ({v.capacity} bytes, pool {v.pool})")
+        if args.dry_run:
+            continue
+        raw = await kube.get_volume(v.name)
+        if raw is None:
+            continue
+        await kube.record_event(
+            raw, c.VOLUME_KIND, "Warning", "Released", f"released by {who} with node {args.node} gone: {args.reason}"
+        )
+        current = volume_from_dict(raw)
+        if c.FINALIZER in current.finalizers:
+            await kube.remove_finalizer(v.name, current.finalizers, c.FINALIZER)
+        await kube.delete_volume(v.name)
+    if not args.dry_run:
+        await kube.delete_device_node(args.node)
+    print(
+        f"{len(mine)} volume(s) of node {args.node} {'would be ' if args.dry_run else ''}released; "
+        "their PVCs can now be deleted and recreated elsewhere"
+    )
+    return 0
+
+
+async def cmd_init_disk(args: argparse.Namespace) -> int:
+    runner = Runner()
+    try:
+        plan = await plan_init(runner, args.device, args.pool, args.force)
+    except (InitDiskRefused, ValueError) as e:
+        print(f"refused: {e}", file=sys.stderr)
+        return 1
+    print(plan.describe())
+    if args.dry_run:
+        print("dry run: nothing written")
+        return 0
+    await apply_init(runner, plan)
+    print(f"{plan.device} is now a pool disk of pool {plan.pool!r}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kubectl device-localpv", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--kubeconfig", default=None)
+    p.add_argument("--namespace", "-n", default=None, help="namespace of the driver's objects (default openebs)")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name in ("nodes", "volumes"):
+        s = sub.add_parser(name)
+        s.add_argument("-o", "--output", choices=["table", "wide", "json", "yaml"], default="table")
+    s = sub.add_parser("init-disk")
+    s.add_argument("device")
+    s.add_argument("--pool", required=True)
+    s.add_argument("--force", action="store_true", help="erase existing signatures and partition tables")
+    s.add_argument("--dry-run", action="store_true")
+    for name in ("cordon-disk", "uncordon-disk"):
+        s = sub.add_parser(name)
+        s.add_argument("node")
+        s.add_argument("disk", help="GPT disk GUID (see `nodes -o wide`)")
+        s.add_argument("--dry-run", action="store_true")
+    s = sub.add_parser("release-node")
+    s.add_argument("node")
+    s.add_argument("--reason", required=True, help="recorded in an Event on every released volume")
+    s.add_argument("--force", action="store_true", help="even if the Node still reports Ready")
+    s.add_argument("--dry-run", action="store_true")
+    return p
+
+
+async def _main(args: argparse.Namespace) -> int:
+    if args.command == "init-disk":
+        return await cmd_init_disk(args)
+    api = await make_api_client(args.kubeconfig, qps=20, burst=40)
+    kube = Kube(
+        api, args.namespace or os.environ.get("DEVICE_DRIVER_NAMESPACE", c.DEFAULT_NAMESPACE), "kubectl-device-localpv"
+    )
+    try:
+        if args.command == "nodes":
+            return await cmd_nodes(kube, args)
+        if args.command == "volumes":
+            return await cmd_volumes(kube, args)
+        if args.command in ("cordon-disk", "uncordon-disk"):
+            return await cmd_cordon(kube, args, args.command == "cordon-disk")
+        return await cmd_release(kube, args)
+    finally:
+        await api.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    args.kubeconfig = args.kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+    return asyncio.run(_main(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
