@@ -102,7 +102,9 @@ def cluster(api: ApiServer) -> Iterator[Cluster]:
         driver.agent(
             NODE, [d.device for d in [*pool_disks, foreign, lookalike]], METRICS_ADDRESS=f"127.0.0.1:{ports['agent']}"
         ).wait_ready()
-        yield Cluster(api, driver, disks, pool_disks, foreign, foreign.sha256(), lookalike, lookalike.sha256(), workdir)
+        yield Cluster(
+            api, driver, disks, pool_disks, foreign, foreign.sha256(), lookalike, lookalike.sha256(), workdir, ports
+        )
     finally:
         driver.stop()
         ARTIFACTS.mkdir(exist_ok=True)
