@@ -16,6 +16,7 @@ from csidriver.agent.reporter import NodeReporter
 from csidriver.agent.volumes import VolumeReconciler
 from csidriver.agent.workqueue import WorkQueue
 from csidriver.api import constants as c
+from csidriver.api.objects import cordoned_disks
 from csidriver.config import Settings
 from csidriver.csi import csi_pb2_grpc
 from csidriver.host import DiskInventory, Filesystems, Mounter, PartitionManager, Runner
@@ -59,10 +60,16 @@ def _disk_metrics(reporter: NodeReporter) -> Iterable[Metric]:
         n: GaugeMetricFamily(f"device_localpv_disk_{n}", f"Pool disk {n.replace('_', ' ')}", labels=["pool", "disk"])
         for n in names
     }
+    healthy = GaugeMetricFamily(
+        "device_localpv_disk_healthy", "1 if the pool disk is readable", labels=["pool", "disk"]
+    )
     for d in reporter.disks:
+        healthy.add_metric([d.pool, d.path], 1)
         for n in names:
             families[n].add_metric([d.pool, d.path], getattr(d, n))
-    return families.values()
+    for d in reporter.failed:
+        healthy.add_metric([d.pool, d.path], 0)
+    return [*families.values(), healthy]
 
 
 def _queue_metrics(queue: WorkQueue) -> Iterable[Metric]:
@@ -124,13 +131,19 @@ async def run(settings: Settings) -> None:
             informer = kube.volume_informer(settings.node_id)
             brake = DeletionBrake(settings.max_deletions, settings.deletion_window_seconds)
             metrics.add_collector(lambda: _brake_metrics(brake))
-            reconciler = VolumeReconciler(kube, informer.cache, partitions, reporter, settings.node_id, brake)
+            own_node = kube.node_informer(settings.node_id)
+
+            def cordoned() -> set[str]:
+                return cordoned_disks((own_node.cache.get(settings.node_id) or {}).get("metadata") or {})
+
+            reconciler = VolumeReconciler(kube, informer.cache, partitions, reporter, settings.node_id, brake, cordoned)
             queue = WorkQueue(reconciler.reconcile, settings.workers, "devicevolume")
             informer.subscribe(lambda name, _old, _new: queue.add(name))
             metrics.add_collector(lambda: _queue_metrics(queue))
             await _first_scan(reporter)
             tg.create_task(reporter.run())
             tg.create_task(informer.run())
+            tg.create_task(own_node.run())
             tg.create_task(queue.run())
     finally:
         await server.stop(grace=2)

@@ -62,5 +62,26 @@ class LocalHost:
             inodes_free=st.inodes_free,
         )
 
+    async def read_problem(self, device: str) -> str | None:
+        """None when the first 4 KiB of the device read back (bypassing the page cache), else the error."""
+        return await asyncio.to_thread(_direct_read_problem, device)
+
     async def block_size(self, device: str) -> int:
         return await self._fs.block_size(device)
+
+
+def _direct_read_problem(device: str) -> str | None:
+    import mmap
+
+    try:
+        fd = os.open(device, os.O_RDONLY | os.O_DIRECT)
+    except OSError as e:
+        return f"cannot open {device}: {e.strerror}"
+    try:
+        buf = mmap.mmap(-1, 4096)  # page-aligned, as O_DIRECT requires
+        os.preadv(fd, [buf], 0)
+        return None
+    except OSError as e:
+        return f"I/O error reading {device}: {e.strerror}"
+    finally:
+        os.close(fd)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from csidriver.api import constants as c
@@ -20,19 +22,11 @@ from csidriver.kube.resources import Conflict, Kube
 log = logging.getLogger(__name__)
 
 
-def devices_of(disks: list[PoolDisk]) -> tuple[Device, ...]:
-    return tuple(
-        Device(
-            name=d.pool,
-            uuid=d.guid,
-            size=d.size,
-            free=d.free,
-            largest_extent=d.largest_extent,
-            free_entries=d.free_entries,
-            path=d.path,
-        )
-        for d in sorted(disks, key=lambda d: (d.pool, d.guid))
-    )
+def devices_of(disks: Sequence[PoolDisk], failed: Sequence[PoolDisk] = ()) -> tuple[Device, ...]:
+    """Healthy disks as scanned, and failed ones (unreadable or gone) as last seen, with no space to offer."""
+    healthy = [Device(d.pool, d.guid, d.size, d.free, d.largest_extent, d.free_entries, d.path) for d in disks]
+    broken = [Device(d.pool, d.guid, d.size, 0, 0, 0, d.path, healthy=False) for d in failed]
+    return tuple(sorted(healthy + broken, key=lambda d: (d.name, d.uuid)))
 
 
 class NodeReporter:
@@ -55,7 +49,9 @@ class NodeReporter:
         self._started = 0
         self._completed = 0
         self._written: dict[str, Any] | None = None  # last body the API server holds (as we wrote or read it)
-        self.disks: list[PoolDisk] = []
+        self.disks: list[PoolDisk] = []  # healthy pool disks of the last scan
+        self.failed: list[PoolDisk] = []  # pool disks seen before that are now unreadable or gone
+        self._known: dict[str, PoolDisk] = {}
         self.scanned = asyncio.Event()
         self.writes = 0
 
@@ -79,8 +75,14 @@ class NodeReporter:
             ticket = self._started
             result = await self._inventory.scan_detailed()
             self.disks = list(result.disks)
+            healthy = {d.guid for d in self.disks}
+            newly = [d for g, d in self._known.items() if g not in healthy and d not in self.failed]
+            self.failed = [d for g, d in self._known.items() if g not in healthy]
+            self._known.update({d.guid: d for d in self.disks})
+            for d in newly:
+                log.error("pool disk %s (%s, pool %s) failed: unreadable or gone", d.guid, d.path, d.pool)
             self.scanned.set()
-            await self._publish(devices_of(self.disks))
+            await self._publish(devices_of(self.disks, self.failed))
             self._completed = ticket
             return self.disks
 
@@ -112,7 +114,18 @@ class NodeReporter:
                     return
         raise RuntimeError(f"DeviceNode {self._node}: too many conflicting writers")
 
-    async def run(self) -> None:
+    def _vanished(self) -> bool:
+        """Cheap check, no command run: has a healthy disk's block device disappeared or shrunk to nothing?"""
+        for d in self.disks:
+            try:
+                with open(f"/sys/class/block/{os.path.basename(d.path)}/size") as f:
+                    if int(f.read().strip() or 0) == 0:
+                        return True
+            except OSError:
+                return True
+        return False
+
+    async def run(self, health_interval: float = 5.0) -> None:
         while True:
             try:
                 await self.refresh()
@@ -122,7 +135,11 @@ class NodeReporter:
             except Exception as e:
                 log.warning("DeviceNode %s refresh failed: %s", self._node, e)
                 delay = min(self._resync, 5.0)
-            await asyncio.sleep(delay)
+            deadline = time.monotonic() + delay
+            while time.monotonic() < deadline:
+                await asyncio.sleep(min(health_interval, max(deadline - time.monotonic(), 0)))
+                if await asyncio.to_thread(self._vanished):
+                    break
 
 
 def _same(current: Mapping[str, Any], body: Mapping[str, Any]) -> bool:

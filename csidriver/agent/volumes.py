@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from csidriver.agent.brake import DeletionBrake
@@ -50,6 +50,7 @@ class VolumeReconciler:
         reporter: NodeReporter,
         node_id: str,
         brake: DeletionBrake,
+        cordoned: Callable[[], set[str]] = set,
     ) -> None:
         self._kube = kube
         self._cache = cache
@@ -57,6 +58,7 @@ class VolumeReconciler:
         self._reporter = reporter
         self._node = node_id
         self._brake = brake
+        self._cordoned = cordoned
 
     async def reconcile(self, name: str) -> float | None:
         raw = self._cache.get(name)
@@ -118,8 +120,11 @@ class VolumeReconciler:
     async def _carve(
         self, vol: DeviceVolume, raw: Mapping[str, Any], disks: list[PoolDisk], pname: str
     ) -> tuple[Partition, str] | None:
-        # Best fit: the disk whose largest extent is the smallest that still holds the volume.
-        order = sorted(disks, key=lambda d: (d.largest_extent < vol.capacity, d.largest_extent, d.guid))
+        # Best fit: the disk whose largest extent is the smallest that still holds the volume; never a disk an
+        # operator cordoned.
+        skip = self._cordoned()
+        usable = [d for d in disks if d.guid.upper() not in skip]
+        order = sorted(usable, key=lambda d: (d.largest_extent < vol.capacity, d.largest_extent, d.guid))
         largest = 0
         for disk in order:
             try:
@@ -127,8 +132,8 @@ class VolumeReconciler:
                 return part, disk.guid
             except InsufficientCapacity as e:
                 largest = max(largest, e.largest_extent)
-        if not disks:
-            why = f"node {self._node} has no disk in pool {vol.pool!r}"
+        if not usable:
+            why = f"node {self._node} has no usable (present, not cordoned) disk in pool {vol.pool!r}"
         else:
             why = (
                 f"pool {vol.pool!r} on node {self._node} cannot fit {vol.capacity} bytes: "

@@ -55,8 +55,9 @@ class Kube:
         selector = f"{c.NODE_LABEL}={node}" if node else None
         return Informer(self._list_volumes, what="devicevolumes", label_selector=selector)
 
-    def node_informer(self) -> Informer:
-        return Informer(self._list_nodes, what="devicenodes")
+    def node_informer(self, name: str | None = None) -> Informer:
+        """All DeviceNodes, or (server-side filtered) only the one called `name`."""
+        return Informer(self._list_nodes, what="devicenodes", field_selector=f"metadata.name={name}" if name else None)
 
     async def get_volume(self, name: str) -> Obj | None:
         try:

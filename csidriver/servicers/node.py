@@ -52,12 +52,15 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
                 _Usage(unit=_Usage.BYTES, total=st.total, used=st.used, available=st.available),
                 _Usage(unit=_Usage.INODES, total=st.inodes, used=st.inodes_used, available=st.inodes_free),
             ]
-        return csi_pb2.NodeGetVolumeStatsResponse(usage=usage)
+        condition = csi_pb2.VolumeCondition(abnormal=bool(st.abnormal), message=st.abnormal or "volume is healthy")
+        return csi_pb2.NodeGetVolumeStatsResponse(usage=usage, volume_condition=condition)
 
     @rpc
     async def NodeGetCapabilities(self, request: Any, context: Ctx) -> csi_pb2.NodeGetCapabilitiesResponse:
         return csi_pb2.NodeGetCapabilitiesResponse(
-            capabilities=[csi_pb2.NodeServiceCapability(rpc=_Rpc(type=_Rpc.GET_VOLUME_STATS))]
+            capabilities=[
+                csi_pb2.NodeServiceCapability(rpc=_Rpc(type=t)) for t in (_Rpc.GET_VOLUME_STATS, _Rpc.VOLUME_CONDITION)
+            ]
         )
 
     @rpc

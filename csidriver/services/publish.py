@@ -7,6 +7,7 @@ volumes can be published and unpublished while it is down.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import os
 import stat
@@ -36,6 +37,7 @@ class VolumeStats:
     inodes: int = 0
     inodes_used: int = 0
     inodes_free: int = 0
+    abnormal: str = ""  # why the volume is not healthy (VolumeCondition), empty when it is
 
 
 class Host(Protocol):
@@ -50,6 +52,7 @@ class Host(Protocol):
     async def unmount(self, target: str) -> None: ...
     async def stats(self, path: str) -> VolumeStats: ...
     async def block_size(self, device: str) -> int: ...
+    async def read_problem(self, device: str) -> str | None: ...
 
 
 def check_target(path: str, what: str = "target_path") -> None:
@@ -168,15 +171,23 @@ class Publisher:
             raise InvalidArgument("volume_id must not be empty")
         if not path:
             raise InvalidArgument("volume_path must not be empty")
-        vol = await self.locate(volume_id, {})
         if not os.path.isabs(path) or not await asyncio.to_thread(os.path.exists, path):
             raise NotFound(f"volume_path {path} does not exist")
         mount = await self._mounted_at(path)
+        try:
+            vol = await self.locate(volume_id, {})
+        except NotFound:
+            if mount is None:
+                raise
+            return VolumeStats(block=False, total=0, abnormal="the volume's partition is on no readable pool disk")
         if mount is None or not _same_device(mount, vol):
             raise NotFound(f"volume {volume_id} is not published at {path}")
         if not await asyncio.to_thread(os.path.isdir, path):  # a bind-mounted device node
-            return VolumeStats(block=True, total=await self._host.block_size(vol.device))
-        return await self._host.stats(path)
+            stats = VolumeStats(block=True, total=await self._host.block_size(vol.device))
+        else:
+            stats = await self._host.stats(path)
+        problem = await self._host.read_problem(vol.device)
+        return dataclasses.replace(stats, abnormal=problem) if problem else stats
 
 
 def _same_device(mount: MountInfo, vol: LocatedVolume) -> bool:

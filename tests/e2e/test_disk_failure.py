@@ -1,0 +1,65 @@
+"""A pool disk that disappears is reported unhealthy, skipped by schedulers, and never 'deleted' silently."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+
+import grpc
+
+from csidriver.csi import csi_pb2, csi_pb2_grpc
+from tests.conftest import POOL, Cluster
+from tests.e2e.csi import MIB, code_of, create
+from tests.e2e.test_plugin import plugin
+
+NODE = "node-fail"
+TOPO = {"openebs.io/nodename": NODE}
+
+
+def capacity(cluster: Cluster) -> int:
+    ctl = csi_pb2_grpc.ControllerStub(cluster.controller_channel)
+    req = csi_pb2.GetCapacityRequest(parameters={"devname": POOL}, accessible_topology=csi_pb2.Topology(segments=TOPO))
+    return int(ctl.GetCapacity(req).available_capacity)
+
+
+def wait_for(what: str, check: object, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
+def test_vanished_disk(cluster: Cluster) -> None:
+    cluster.api.add_node(NODE)
+    disk = cluster.disks.pool(POOL, 128)
+    agent = cluster.driver.agent(NODE, [disk.device])
+    agent.wait_ready()
+    try:
+        wait_for("controller sees the node", lambda: capacity(cluster) > 0)
+        name = f"pvc-{uuid.uuid4()}"
+        create(cluster.controller_channel, name, 4 * MIB, requisite=[TOPO])
+        subprocess.run(["losetup", "--detach", disk.device], check=True)
+
+        def unhealthy() -> bool:
+            dn = json.loads(cluster.api.kubectl("get", "devicenode", "-n", "openebs", NODE, "-o", "json"))
+            return [d["healthy"] for d in dn["devices"]] == [False]
+
+        wait_for("DeviceNode marks the disk unhealthy", unhealthy)
+        wait_for("capacity drops to zero", lambda: capacity(cluster) == 0)
+        code, msg = code_of(lambda: create(cluster.controller_channel, f"pvc-{uuid.uuid4()}", MIB, requisite=[TOPO]))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, msg
+        nodes = json.loads(plugin(cluster, "nodes", "-o", "json").stdout)
+        assert [n["health"] for n in nodes if n["node"] == NODE] == ["Unhealthy"]
+
+        cluster.api.kubectl("delete", "devicevolume", "-n", "openebs", name, "--wait=false")
+        time.sleep(3)
+        still = json.loads(cluster.api.kubectl("get", "devicevolume", "-n", "openebs", name, "-o", "json"))
+        assert still["metadata"]["deletionTimestamp"]  # not pretended away: the partition could not be wiped
+        events = cluster.api.kubectl("get", "events", "-n", "openebs", "--field-selector", "reason=DiskMissing")
+        assert name in events
+    finally:
+        agent.stop()
+        plugin(cluster, "release-node", NODE, "--reason", "disk test done")
+        cluster.api.kubectl("delete", "node", NODE, "--ignore-not-found")
