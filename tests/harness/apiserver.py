@@ -65,6 +65,7 @@ class ApiServer:
     identities: dict[str, Identity] = field(default_factory=dict)
     url: str = ""
     audit_log: Path | None = None
+    _api_args: list[str] = field(default_factory=list)
 
     def start(self, audit: bool = False) -> ApiServer:
         w = self.workdir
@@ -129,6 +130,7 @@ class ApiServer:
             )
             args += [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-mode=blocking"]
         api_log = w / "kube-apiserver.log"
+        self._api_args = args
         self.procs.append(spawn(args, api_log))
         self.url = f"https://127.0.0.1:{api_port}"
         ctx = ssl.create_default_context()
@@ -203,6 +205,28 @@ class ApiServer:
             "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, **(labels or {})}},
         }
         self.kubectl("apply", "-f", "-", input=json.dumps(node))
+
+    def restart_apiserver(self) -> None:
+        """Stop kube-apiserver and start it again on the same port and storage (etcd keeps running)."""
+        proc = self.procs.pop()
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log = self.workdir / "kube-apiserver.log"
+        self.procs.append(spawn(self._api_args, log))
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        admin = self.identities["admin"].token
+
+        def ready() -> bool:
+            req = urllib.request.Request(f"{self.url}/readyz", headers={"Authorization": f"Bearer {admin}"})
+            return bool(urllib.request.urlopen(req, context=ctx, timeout=2).status == 200)
+
+        _wait("kube-apiserver", ready, 90, self.procs[-1], log)
 
     def pause(self) -> None:
         """Freeze kube-apiserver (SIGSTOP): clients see it as unreachable."""
