@@ -15,8 +15,8 @@ import grpc
 
 from tests.harness.apiserver import ApiServer
 from tests.harness.disks import LoopDisks, partitions
-from tests.harness.driver import Driver
 from tests.harness.drill import run_drill
+from tests.harness.driver import Driver
 from tests.harness.tools import tools
 
 NODE = "drill-node"
