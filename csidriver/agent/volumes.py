@@ -41,6 +41,24 @@ def _condition(ready: bool, reason: str, message: str) -> dict[str, Any]:
     }
 
 
+def _located(found: bool, reason: str, message: str) -> dict[str, Any]:
+    return {**_condition(found, reason, message), "type": "Located"}
+
+
+def _located_here(vol: DeviceVolume, node: str) -> bool:
+    """Whether this node already confirmed the volume's partition (it carved it, or located it)."""
+    return any(
+        cond.get("type") in ("Ready", "Located")
+        and cond.get("status") == "True"
+        and str(cond.get("message", "")).startswith(f"node {node}:")
+        for cond in vol.conditions
+    )
+
+
+def _with(vol: DeviceVolume, cond: dict[str, Any]) -> list[dict[str, Any]]:
+    return [dict(x) for x in vol.conditions if x.get("type") != cond["type"]] + [cond]
+
+
 class VolumeReconciler:
     def __init__(
         self,
@@ -73,9 +91,34 @@ class VolumeReconciler:
                 return await self._delete(vol, raw)
             elif vol.state is State.PENDING:
                 await self._create(vol, raw)
+            elif vol.state is State.READY and not _located_here(vol, self._node):
+                await self._locate(vol)
         except (Conflict, Gone) as e:
             raise Retry(f"object changed while reconciling: {e}") from e
         return None
+
+    async def _locate(self, vol: DeviceVolume) -> None:
+        """A Ready volume this agent has not confirmed yet (it was moved here, or made by the original driver):
+        find its partition on this node's disks and record where it is, never touching its data."""
+        found = await self._parts.find(self._pool_disks(vol.pool), naming.partition_name(vol.name))
+        if found is None:
+            msg = f"node {self._node}: partition {naming.partition_name(vol.name)} not found on pool {vol.pool!r}"
+            await self._kube.patch_volume_status(vol.name, {"conditions": _with(vol, _located(False, "NotFound", msg))})
+            return
+        disk, entry = found
+        placement = Placement(
+            disk_guid=disk.guid,
+            disk_path=disk.path,
+            partition_name=entry.name,
+            partition_uuid=entry.uuid,
+            partition_number=entry.number,
+            device_path=entry.node,
+        )
+        msg = f"node {self._node}: {entry.node} on disk {disk.guid}"
+        await self._kube.patch_volume_status(
+            vol.name, {**placement_dict(placement), "conditions": _with(vol, _located(True, "PartitionFound", msg))}
+        )
+        log.info("volume %s located: %s", vol.name, msg)
 
     def _pool_disks(self, pool: str) -> list[PoolDisk]:
         return [d for d in self._reporter.disks if d.pool == pool]
@@ -111,7 +154,9 @@ class VolumeReconciler:
             {
                 "state": State.READY.value,
                 "error": None,
-                "conditions": [_condition(True, "Provisioned", f"partition {part.node} ({part.size} bytes)")],
+                "conditions": [
+                    _condition(True, "Provisioned", f"node {self._node}: partition {part.node} ({part.size} bytes)")
+                ],
                 **placement_dict(placement),
             },
         )

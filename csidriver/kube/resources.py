@@ -207,6 +207,70 @@ class Kube:
         out: list[Obj] = self.api.sanitize_for_serialization(pvs).get("items") or []
         return out
 
+    async def patch_volume(self, name: str, patch: Mapping[str, Any]) -> Obj:
+        try:
+            obj: Obj = await self._custom.patch_namespaced_custom_object(
+                c.GROUP,
+                c.VERSION,
+                self.namespace,
+                c.VOLUME_PLURAL,
+                name,
+                patch,
+                _content_type="application/merge-patch+json",
+            )
+            return obj
+        except ApiException as e:
+            raise _translate(e) from e
+
+    # -- core: persistent volumes and their consumers (operators' commands) -------------------------------
+    async def get_pv(self, name: str) -> Obj | None:
+        try:
+            pv = await self._core.read_persistent_volume(name)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        out: Obj = self.api.sanitize_for_serialization(pv)
+        return out
+
+    async def patch_pv(self, name: str, patch: Mapping[str, Any]) -> None:
+        """Patching an absent PV is a no-op (it may have just finished deleting)."""
+        try:
+            await self._core.patch_persistent_volume(name, patch, _content_type="application/merge-patch+json")
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    async def delete_pv(self, name: str) -> None:
+        try:
+            await self._core.delete_persistent_volume(name)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    async def create_pv(self, body: Mapping[str, Any]) -> None:
+        try:
+            await self._core.create_persistent_volume(body)
+        except ApiException as e:
+            raise _translate(e) from e
+
+    async def pods_using_claim(self, namespace: str, claim: str) -> list[str]:
+        pods = self.api.sanitize_for_serialization(await self._core.list_namespaced_pod(namespace))
+        return [
+            p["metadata"]["name"]
+            for p in pods.get("items") or []
+            if any(
+                (v.get("persistentVolumeClaim") or {}).get("claimName") == claim for v in p["spec"].get("volumes") or []
+            )
+        ]
+
+    async def delete_pod(self, namespace: str, name: str) -> None:
+        try:
+            await self._core.delete_namespaced_pod(name, namespace)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
     # -- core ---------------------------------------------------------------------------------------------
     async def get_node(self, name: str) -> Obj | None:
         try:

@@ -25,6 +25,7 @@ from csidriver.host.initdisk import InitDiskRefused, apply_init, plan_init
 from csidriver.host.runner import Runner
 from csidriver.kube.client import make_api_client
 from csidriver.kube.resources import Kube
+from csidriver.plugin.migrate import MigrationError, migrate
 
 
 def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -162,6 +163,18 @@ async def cmd_release(kube: Kube, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_migrate(kube: Kube, args: argparse.Namespace) -> int:
+    try:
+        steps = await migrate(kube, args.volume, args.to, args.dry_run)
+    except MigrationError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for step in steps:
+        print(("would " if args.dry_run else "done: ") + step)
+    print(f"volume {args.volume} {'would be' if args.dry_run else 'is'} served by node {args.to}")
+    return 0
+
+
 async def cmd_init_disk(args: argparse.Namespace) -> int:
     runner = Runner()
     try:
@@ -198,6 +211,10 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("node")
         s.add_argument("disk", help="GPT disk GUID (see `nodes -o wide`)")
         s.add_argument("--dry-run", action="store_true")
+    s = sub.add_parser("migrate", help="finish moving a volume whose disk was moved to another node")
+    s.add_argument("volume", help="DeviceVolume (= PV) name")
+    s.add_argument("--to", required=True, help="node whose agent now sees the disk")
+    s.add_argument("--dry-run", action="store_true")
     s = sub.add_parser("release-node")
     s.add_argument("node")
     s.add_argument("--reason", required=True, help="recorded in an Event on every released volume")
@@ -220,6 +237,8 @@ async def _main(args: argparse.Namespace) -> int:
             return await cmd_volumes(kube, args)
         if args.command in ("cordon-disk", "uncordon-disk"):
             return await cmd_cordon(kube, args, args.command == "cordon-disk")
+        if args.command == "migrate":
+            return await cmd_migrate(kube, args)
         return await cmd_release(kube, args)
     finally:
         await api.close()

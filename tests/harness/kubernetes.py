@@ -145,6 +145,15 @@ class KubeCluster:
         self.nodes[name] = node
         return node
 
+    def set_disks(self, name: str, disks: list[LoopDisk]) -> None:
+        """Moves disks between simulated nodes: restarts the node's agent seeing exactly `disks`."""
+        assert self.driver is not None
+        node = self.nodes[name]
+        node.agent.stop()
+        node.agent = self.driver.agent(name, [d.device for d in disks])
+        node.agent.wait_ready()
+        node.disks = list(disks)
+
     def apply(self, obj: dict[str, object]) -> None:
         self.api.kubectl("apply", "-f", "-", input=json.dumps(obj))
 

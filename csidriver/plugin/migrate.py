@@ -1,0 +1,158 @@
+"""`migrate VOLUME --to NODE`: finish moving a volume whose disk was moved to another node.
+
+Order, every step check-then-act so the command can be re-run after an interruption:
+1. the target's agent must report the volume's disk (by GPT disk GUID) as healthy in its DeviceNode;
+2. the DeviceVolume is handed to the target (spec.ownerNodeID + node label) and the command waits until the
+   target's agent has found the partition (condition Located=True); if it cannot, the hand-over is undone;
+3. the PV's node affinity is immutable, so the PV is recreated with the same name and claim binding; its
+   reclaim policy is Retain while it is absent, so no data can be deleted, and is restored afterwards. The new
+   PV body is saved on the DeviceVolume first, so an interrupted run recreates it;
+4. pods using the claim are deleted so that their controllers reschedule them onto the target node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from csidriver.api import constants as c
+from csidriver.api.objects import node_from_dict, volume_from_dict
+from csidriver.kube.resources import Kube
+
+SAVED_PV = "local.openebs.io/migration-pv"
+
+
+class MigrationError(Exception):
+    pass
+
+
+def _retarget(pv: dict[str, Any], node: str) -> dict[str, Any]:
+    meta = pv["metadata"]
+    spec = json.loads(json.dumps(pv["spec"]))
+    for term in spec.get("nodeAffinity", {}).get("required", {}).get("nodeSelectorTerms", []):
+        for expr in term.get("matchExpressions", []):
+            if expr.get("key") == c.TOPOLOGY_KEY:
+                expr["values"] = [node]
+    if spec.get("claimRef"):
+        spec["claimRef"] = {
+            k: spec["claimRef"][k] for k in ("apiVersion", "kind", "namespace", "name", "uid") if k in spec["claimRef"]
+        }
+    policy = spec.get("persistentVolumeReclaimPolicy", "Delete")
+    spec["persistentVolumeReclaimPolicy"] = "Retain"
+    return {
+        "policy": policy,
+        "body": {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {
+                "name": meta["name"],
+                "labels": meta.get("labels") or {},
+                "annotations": meta.get("annotations") or {},
+            },
+            "spec": spec,
+        },
+    }
+
+
+def _pv_node(pv: dict[str, Any]) -> str | None:
+    for term in pv["spec"].get("nodeAffinity", {}).get("required", {}).get("nodeSelectorTerms", []):
+        for expr in term.get("matchExpressions", []):
+            if expr.get("key") == c.TOPOLOGY_KEY and expr.get("values"):
+                return str(expr["values"][0])
+    return None
+
+
+async def _wait(what: str, check: Any, limit: float) -> Any:
+    deadline = time.monotonic() + limit
+    while True:
+        got = await check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise MigrationError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.2)
+
+
+async def migrate(kube: Kube, name: str, target: str, dry_run: bool, limit: float = 60) -> list[str]:
+    """Returns the steps done (or, with dry_run, the steps that would be done)."""
+    raw = await kube.get_volume(name)
+    if raw is None:
+        raise MigrationError(f"no DeviceVolume {name}")
+    vol = volume_from_dict(raw)
+    dn = await kube.get_device_node(target)
+    if dn is None:
+        raise MigrationError(f"no agent reports on node {target} (no DeviceNode)")
+    guid = vol.placement.disk_guid.upper()
+    seen = [d for d in node_from_dict(dn).devices if d.healthy and d.name == vol.pool]
+    if guid and guid not in {d.uuid.upper() for d in seen}:
+        raise MigrationError(f"the agent on {target} does not report disk {guid} of pool {vol.pool!r}: move it first")
+    if not seen:
+        raise MigrationError(f"the agent on {target} reports no healthy disk of pool {vol.pool!r}")
+    steps: list[str] = []
+    source = vol.owner_node
+    if source != target:
+        steps.append(f"hand DeviceVolume {name} from {source} to {target}")
+        if not dry_run:
+            await kube.patch_volume(
+                name, {"metadata": {"labels": {c.NODE_LABEL: target}}, "spec": {"ownerNodeID": target}}
+            )
+    if not dry_run:
+        await _wait_located(kube, name, target, source, limit)
+    steps += await _move_pv(kube, name, target, raw, dry_run, limit)
+    return steps
+
+
+async def _wait_located(kube: Kube, name: str, target: str, source: str, limit: float) -> None:
+    prefix = f"node {target}:"
+
+    async def verdict() -> str | None:
+        obj = await kube.get_volume(name) or {}
+        for cond in (obj.get("status") or {}).get("conditions") or []:
+            if cond.get("type") in ("Located", "Ready") and str(cond.get("message", "")).startswith(prefix):
+                return "found" if cond.get("status") == "True" else "missing"
+        return None
+
+    if await _wait(f"the agent on {target} to find the partition", verdict, limit) == "missing":
+        if source != target:
+            await kube.patch_volume(
+                name, {"metadata": {"labels": {c.NODE_LABEL: source}}, "spec": {"ownerNodeID": source}}
+            )
+        raise MigrationError(f"the agent on {target} did not find the partition of {name}; hand-over undone")
+
+
+async def _move_pv(kube: Kube, name: str, target: str, raw: dict[str, Any], dry_run: bool, limit: float) -> list[str]:
+    pv = await kube.get_pv(name)
+    saved = ((raw.get("metadata") or {}).get("annotations") or {}).get(SAVED_PV)
+    if pv is not None and _pv_node(pv) == target and not saved:
+        return []
+    steps = []
+    plan = json.loads(saved) if saved else (_retarget(pv, target) if pv is not None else None)
+    if plan is None:
+        return ["no PersistentVolume for this volume: nothing to rewrite"]
+    if pv is not None and _pv_node(pv) != target:
+        steps.append(f"recreate PV {name} with node affinity {target} (Retain while it is rewritten)")
+        if not dry_run:
+            await kube.patch_volume(name, {"metadata": {"annotations": {SAVED_PV: json.dumps(plan)}}})
+            await kube.patch_pv(name, {"spec": {"persistentVolumeReclaimPolicy": "Retain"}})
+            # Delete first: once it is being deleted no controller can add a finalizer back; then drop them.
+            await kube.delete_pv(name)
+            await kube.patch_pv(name, {"metadata": {"finalizers": None}})
+
+            async def gone() -> bool:
+                return await kube.get_pv(name) is None
+
+            await _wait(f"PV {name} to be gone", gone, limit)
+    if dry_run:
+        return steps
+    if await kube.get_pv(name) is None:
+        await kube.create_pv(plan["body"])
+    await kube.patch_pv(name, {"spec": {"persistentVolumeReclaimPolicy": plan["policy"]}})
+    await kube.patch_volume(name, {"metadata": {"annotations": {SAVED_PV: None}}})
+    claim = plan["body"]["spec"].get("claimRef")
+    if claim:
+        for pod in await kube.pods_using_claim(claim["namespace"], claim["name"]):
+            steps.append(f"delete pod {claim['namespace']}/{pod} so that it is rescheduled")
+            await kube.delete_pod(claim["namespace"], pod)
+    return steps

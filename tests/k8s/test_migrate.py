@@ -1,0 +1,94 @@
+"""Moving a disk with data from one node to another and finishing the move with `kubectl device-localpv migrate`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+import grpc
+
+from tests.e2e.csi import mount_cap, publish, unpublish
+from tests.harness.kubernetes import KubeCluster
+from tests.k8s.objects import MIB, create_pvcs, delete_pvcs, pv_node, pvc_body, storage_class, wait_bound
+from tests.k8s.test_wffc import pod_body, wait_scheduled
+
+
+def plugin(kube: KubeCluster, *args: str) -> str:
+    argv = [
+        sys.executable,
+        "-m",
+        "csidriver.plugin.cli",
+        "--kubeconfig",
+        kube.api.identities["admin"].kubeconfig,
+        *args,
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _vol(kube: KubeCluster, pv: str) -> Any:
+    obj = kube.get("pv", pv, namespace=None)["spec"]["csi"]
+    return type("V", (), {"volume_id": obj["volumeHandle"], "volume_context": obj["volumeAttributes"]})()
+
+
+def _node_sees(kube: KubeCluster, node: str, guid: str) -> None:
+    deadline = time.monotonic() + 30
+    while guid not in {d["uuid"] for d in kube.get("devicenode", node, namespace="openebs")["devices"]}:
+        assert time.monotonic() < deadline, f"{node} never reported {guid}"
+        time.sleep(0.2)
+
+
+def _io(kube: KubeCluster, node: str, pv: str, write: str | None = None) -> str:
+    ch = grpc.insecure_channel(f"unix://{kube.nodes[node].agent.socket}")
+    target = kube.workdir / f"mig-{uuid.uuid4().hex[:6]}"
+    publish(ch, _vol(kube, pv), str(target), mount_cap("ext4"))
+    try:
+        if write is not None:
+            (target / "data").write_text(write)
+        return (target / "data").read_text()
+    finally:
+        unpublish(ch, _vol(kube, pv).volume_id, str(target))
+
+
+def test_migrate_moved_disk(kube: KubeCluster) -> None:
+    storage_class(kube, "mig", nodes=["node-2"])
+    claim, pod = f"m-{uuid.uuid4().hex[:8]}", f"mp-{uuid.uuid4().hex[:8]}"
+    create_pvcs(kube, [pvc_body(claim, "mig", 16 * MIB)])
+    pv = wait_bound(kube, [claim])[claim]["spec"]["volumeName"]
+    _io(kube, "node-2", pv, write="data written on node-2")
+    create_pvcs(kube, [pod_body(pod, claim)])
+    assert wait_scheduled(kube, pod) == "node-2"
+    moved = kube.nodes["node-2"].disks[0]
+    guid = json.loads(kube.api.kubectl("get", "devicevolume", "-n", "openebs", pv, "-o", "json"))["status"]["diskGUID"]
+    node1_disks = list(kube.nodes["node-1"].disks)
+    try:
+        # The disk moves: node-2 loses it, node-1 gets it.
+        kube.set_disks("node-2", [])
+        kube.set_disks("node-1", [*node1_disks, moved])
+        _node_sees(kube, "node-1", guid)
+        assert "would hand DeviceVolume" in plugin(kube, "migrate", pv, "--to", "node-1", "--dry-run")
+        out = plugin(kube, "migrate", pv, "--to", "node-1")
+        assert f"delete pod default/{pod}" in out, out
+        dv = kube.get("devicevolume", pv, namespace="openebs")
+        assert dv["spec"]["ownerNodeID"] == "node-1"
+        assert dv["metadata"]["labels"]["kubernetes.io/nodename"] == "node-1"
+        pvc = wait_bound(kube, [claim])[claim]
+        assert pvc["spec"]["volumeName"] == pv and pv_node(kube, pvc) == "node-1"
+        assert kube.get("pv", pv, namespace=None)["spec"]["persistentVolumeReclaimPolicy"] == "Delete"
+        # Deleted so that its controller reschedules it (no kubelet here, so it stays Terminating).
+        assert kube.get("pod", pod)["metadata"].get("deletionTimestamp")
+        assert _io(kube, "node-1", pv) == "data written on node-2"
+        plugin(kube, "migrate", pv, "--to", "node-1")  # idempotent: nothing left to do
+    finally:
+        kube.api.kubectl("delete", "pod", "-n", "default", pod, "--grace-period=0", "--force", "--ignore-not-found")
+        # Put the disk back where the other tests expect it, and the volume with it.
+        kube.set_disks("node-1", node1_disks)
+        kube.set_disks("node-2", [moved])
+        _node_sees(kube, "node-2", guid)
+        plugin(kube, "migrate", pv, "--to", "node-2")
+        delete_pvcs(kube, [claim])
