@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from csidriver.config import Settings
+from csidriver.controller.diskevents import DiskFailureEvents
 from csidriver.csi import csi_pb2_grpc
 from csidriver.kube.client import make_api_client
 from csidriver.kube.lease import LeaseElector
@@ -62,6 +63,7 @@ async def run(settings: Settings) -> None:
     if settings.leader_election:
         lease_name = re.sub(r"[^a-z0-9-]", "-", settings.driver_name.lower()) + "-controller"
         elector = LeaseElector(api, settings.namespace, lease_name, settings.identity, settings.lease_seconds)
+    nodes.subscribe(DiskFailureEvents(kube, cluster, elector.is_leader if elector else lambda: True).on_node)
     server = await start_server(
         settings.socket_path,
         [

@@ -20,9 +20,10 @@ def test_fault_drill(cluster: Cluster) -> None:
         cluster.workdir,
         operations=16,
         seed=20261121,
+        min_kills=3,
     )
-    assert report.operations == 16 and report.apiserver_restarts == 1
-    assert report.verified == 16  # every volume's data read back intact before it was deleted
+    assert report.operations >= 16 and report.apiserver_restarts == 1
+    assert report.verified == report.operations  # every volume's data read back intact before it was deleted
     assert sum(report.kills.values()) >= 3, report
     assert [partitions(d.device) for d in cluster.pool_disks] == before  # nothing leaked
     items = json.loads(cluster.api.kubectl("get", "devicevolumes", "-n", "openebs", "-o", "json"))["items"]

@@ -77,6 +77,7 @@ def run_drill(
     workdir: Path,
     operations: int,
     seed: int,
+    min_kills: int = 0,
 ) -> tuple[DrillReport, dict[str, str]]:
     """Returns the report and the checksums of the volumes still alive (all verified, then deleted)."""
     rng = random.Random(seed)
@@ -86,7 +87,10 @@ def run_drill(
     start = time.monotonic()
     chaos.start()
     try:
-        for i in range(operations):
+        i = 0
+        # At least `operations`, and more until the chaos thread has struck `min_kills` times (bounded).
+        while i < operations or (sum(report.kills.values()) < min_kills and i < operations * 10):
+            i += 1
             if i == operations // 2:
                 with chaos.lock:
                     api.restart_apiserver()
