@@ -28,15 +28,15 @@ class Metrics:
         )
         self.rpc_seconds = Histogram(
             "device_localpv_rpc_duration_seconds",
-            "CSI call latency by method",
-            ["method"],
+            "CSI call latency by method and status code",
+            ["method", "code"],
             registry=self.registry,
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )
 
     def observe_rpc(self, method: str, code: str, seconds: float) -> None:
         self.rpc_total.labels(method, code).inc()
-        self.rpc_seconds.labels(method).observe(seconds)
+        self.rpc_seconds.labels(method, code).observe(seconds)
 
     def api_requests(self, counts: Mapping[str, int]) -> None:
         """Export the API client's per-verb request counters."""
