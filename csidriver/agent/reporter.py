@@ -53,7 +53,6 @@ class NodeReporter:
         self.failed: list[PoolDisk] = []  # pool disks seen before that are now unreadable or gone
         self._known: dict[str, PoolDisk] = {}
         self.scanned = asyncio.Event()
-        self.writes = 0
 
     def _body(self, devices: tuple[Device, ...]) -> dict[str, Any]:
         meta: dict[str, Any] = {"name": self._node, "namespace": self._kube.namespace, "labels": self._labels}
@@ -92,7 +91,6 @@ class NodeReporter:
             current = await self._kube.get_device_node(self._node)
             if current is None:
                 self._written = await self._kube.create_device_node(body)
-                self.writes += 1
                 return
             self._written = current
         if _same(self._written, body):
@@ -105,7 +103,6 @@ class NodeReporter:
             body["metadata"]["annotations"] = current.get("annotations") or {}
             try:
                 self._written = await self._kube.replace_device_node(self._node, body)
-                self.writes += 1
                 return
             except Conflict:
                 self._written = await self._kube.get_device_node(self._node) or {}

@@ -50,7 +50,6 @@ class Informer:
         self._handlers: list[Handler] = []
         self.cache: dict[str, Obj] = {}
         self.synced = asyncio.Event()
-        self.relists = 0
 
     def subscribe(self, handler: Handler) -> None:
         self._handlers.append(handler)
@@ -89,7 +88,6 @@ class Informer:
                 self._emit(name, prev, obj)
         for name in old.keys() - fresh.keys():
             self._emit(name, old[name], None)
-        self.relists += 1
         return rv
 
     def _apply(self, kind: str, obj: Obj) -> None:

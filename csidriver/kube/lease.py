@@ -32,7 +32,6 @@ class LeaseElector:
         self._duration = duration
         self._renewed_at = 0.0  # monotonic time of our last successful renew
         self._seen: tuple[str, float] = ("", 0.0)  # (holder+renewTime seen, monotonic when first seen)
-        self.became_leader = asyncio.Event()
         self.attempted = asyncio.Event()  # set after the first try, won or lost
 
     def is_leader(self) -> bool:
@@ -83,7 +82,6 @@ class LeaseElector:
 
     def _won(self) -> None:
         self._renewed_at = time.monotonic()
-        self.became_leader.set()
 
     async def release(self) -> None:
         """On a clean shutdown, hand the lease over at once instead of letting it expire."""
