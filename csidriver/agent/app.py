@@ -94,7 +94,7 @@ async def run(settings: Settings) -> None:
     runner = Runner()
     inventory = DiskInventory(runner, settings.include_devices_regex, settings.ignore_devices_regex)
     partitions = PartitionManager(runner, settings.lock_dir)
-    host = LocalHost(inventory, partitions, Mounter(runner), Filesystems(runner))
+    host = LocalHost(inventory, Mounter(runner), Filesystems(runner))
     metrics = Metrics()
     topology: dict[str, str] = {c.TOPOLOGY_KEY: settings.node_id}  # completed once the Node is read
     api = await make_api_client(settings.kubeconfig, settings.kube_qps, settings.kube_burst)

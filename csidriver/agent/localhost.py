@@ -6,7 +6,8 @@ import asyncio
 import os
 from collections.abc import Mapping
 
-from csidriver.host import DiskInventory, Filesystems, Mounter, MountInfo, PartitionManager
+from csidriver.host import DiskInventory, Filesystems, Mounter, MountInfo
+from csidriver.host.partitions import named, validate_name
 from csidriver.services.publish import VolumeStats
 
 
@@ -14,22 +15,21 @@ class LocalHost:
     def __init__(
         self,
         inventory: DiskInventory,
-        partitions: PartitionManager,
         mounter: Mounter,
         filesystems: Filesystems,
     ) -> None:
         self._inventory = inventory
-        self._parts = partitions
         self._mounter = mounter
         self._fs = filesystems
 
     async def locate(self, pool: str | None, partition: str) -> str | None:
-        """The device node of the partition named `partition` on this node's pool disks (fresh read)."""
-        disks = [d for d in await self._inventory.scan() if pool is None or d.pool == pool]
-        found = await self._parts.find(disks, partition)
-        if found is None:
+        """The device node of the partition named `partition` on this node's pool disks (one fresh scan)."""
+        validate_name(partition)
+        entries = [named(d.table, partition) for d in await self._inventory.scan() if pool is None or d.pool == pool]
+        entry = next((e for e in entries if e is not None), None)
+        if entry is None:
             return None
-        node = found[1].node
+        node = entry.node
         return node if await asyncio.to_thread(os.path.exists, node) else None
 
     async def mounts(self) -> list[MountInfo]:

@@ -33,6 +33,10 @@ def _translate(e: ApiException) -> Exception:
     return e
 
 
+_MERGE_PATCH = "application/merge-patch+json"
+_JSON_PATCH = "application/json-patch+json"
+
+
 class Kube:
     """One namespace's driver objects, plus the few core objects the driver reads or writes."""
 
@@ -43,7 +47,6 @@ class Kube:
         self._custom: Any = client.CustomObjectsApi(api)
         self._core: Any = client.CoreV1Api(api)
 
-    # -- DeviceVolume -------------------------------------------------------------------------------------
     def _list_volumes(self, **kw: Any) -> Any:
         return self._custom.list_namespaced_custom_object(c.GROUP, c.VERSION, self.namespace, c.VOLUME_PLURAL, **kw)
 
@@ -59,67 +62,55 @@ class Kube:
         """All DeviceNodes, or (server-side filtered) only the one called `name`."""
         return Informer(self._list_nodes, what="devicenodes", field_selector=f"metadata.name={name}" if name else None)
 
-    async def get_volume(self, name: str) -> Obj | None:
+    async def _call(self, method: str, plural: str, *args: Any, absent_ok: bool = False, **kw: Any) -> Any:
+        """One call on a namespaced object of ours. With `absent_ok`, a 404 returns None; a failed JSON-patch
+        `test` (422) is a Conflict; 409/404 become Conflict/Gone."""
         try:
-            obj: Obj = await self._custom.get_namespaced_custom_object(
-                c.GROUP, c.VERSION, self.namespace, c.VOLUME_PLURAL, name
-            )
-            return obj
+            return await getattr(self._custom, method)(c.GROUP, c.VERSION, self.namespace, plural, *args, **kw)
         except ApiException as e:
-            if e.status == 404:
+            if e.status == 404 and absent_ok:
                 return None
-            raise
+            if e.status == 422 and kw.get("_content_type") == _JSON_PATCH:
+                raise Conflict(str(e.reason)) from e
+            err = _translate(e)
+            if err is e:
+                raise
+            raise err from e
+
+    # -- DeviceVolume -------------------------------------------------------------------------------------
+    async def get_volume(self, name: str) -> Obj | None:
+        got: Obj | None = await self._call("get_namespaced_custom_object", c.VOLUME_PLURAL, name, absent_ok=True)
+        return got
 
     async def create_volume(self, body: Mapping[str, Any]) -> Obj:
-        try:
-            obj: Obj = await self._custom.create_namespaced_custom_object(
-                c.GROUP, c.VERSION, self.namespace, c.VOLUME_PLURAL, body
-            )
-            return obj
-        except ApiException as e:
-            raise _translate(e) from e
+        obj: Obj = await self._call("create_namespaced_custom_object", c.VOLUME_PLURAL, body)
+        return obj
 
     async def delete_volume(self, name: str) -> None:
         """Deleting an absent volume succeeds."""
-        try:
-            await self._custom.delete_namespaced_custom_object(
-                c.GROUP, c.VERSION, self.namespace, c.VOLUME_PLURAL, name
-            )
-        except ApiException as e:
-            if e.status != 404:
-                raise
+        await self._call("delete_namespaced_custom_object", c.VOLUME_PLURAL, name, absent_ok=True)
+
+    async def patch_volume(self, name: str, patch: Mapping[str, Any]) -> Obj:
+        obj: Obj = await self._call(
+            "patch_namespaced_custom_object", c.VOLUME_PLURAL, name, patch, _content_type=_MERGE_PATCH
+        )
+        return obj
 
     async def patch_volume_status(self, name: str, status: Mapping[str, Any]) -> Obj:
-        try:
-            obj: Obj = await self._custom.patch_namespaced_custom_object_status(
-                c.GROUP,
-                c.VERSION,
-                self.namespace,
-                c.VOLUME_PLURAL,
-                name,
-                {"status": status},
-                _content_type="application/merge-patch+json",
-            )
-            return obj
-        except ApiException as e:
-            raise _translate(e) from e
+        obj: Obj = await self._call(
+            "patch_namespaced_custom_object_status",
+            c.VOLUME_PLURAL,
+            name,
+            {"status": status},
+            _content_type=_MERGE_PATCH,
+        )
+        return obj
 
     async def _json_patch(self, name: str, ops: list[dict[str, Any]]) -> Obj:
-        try:
-            obj: Obj = await self._custom.patch_namespaced_custom_object(
-                c.GROUP,
-                c.VERSION,
-                self.namespace,
-                c.VOLUME_PLURAL,
-                name,
-                ops,
-                _content_type="application/json-patch+json",
-            )
-            return obj
-        except ApiException as e:
-            if e.status == 422:  # a failed "test" op: the list changed under us
-                raise Conflict(str(e.reason)) from e
-            raise _translate(e) from e
+        obj: Obj = await self._call(
+            "patch_namespaced_custom_object", c.VOLUME_PLURAL, name, ops, _content_type=_JSON_PATCH
+        )
+        return obj
 
     async def add_finalizer(self, name: str, finalizers: tuple[str, ...], finalizer: str) -> Obj:
         ops: list[dict[str, Any]]
@@ -141,86 +132,41 @@ class Kube:
         ]
         return await self._json_patch(name, ops)
 
-    # -- DeviceNode ---------------------------------------------------------------------------------------
-    async def get_device_node(self, name: str) -> Obj | None:
-        try:
-            obj: Obj = await self._custom.get_namespaced_custom_object(
-                c.GROUP, c.VERSION, self.namespace, c.NODE_PLURAL, name
-            )
-            return obj
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
-
-    async def create_device_node(self, body: Mapping[str, Any]) -> Obj:
-        try:
-            obj: Obj = await self._custom.create_namespaced_custom_object(
-                c.GROUP, c.VERSION, self.namespace, c.NODE_PLURAL, body
-            )
-            return obj
-        except ApiException as e:
-            raise _translate(e) from e
-
-    async def replace_device_node(self, name: str, body: Mapping[str, Any]) -> Obj:
-        try:
-            obj: Obj = await self._custom.replace_namespaced_custom_object(
-                c.GROUP, c.VERSION, self.namespace, c.NODE_PLURAL, name, body
-            )
-            return obj
-        except ApiException as e:
-            raise _translate(e) from e
-
     async def list_volumes(self) -> list[Obj]:
         """All DeviceVolumes (for operators' commands, never a hot path)."""
         page = await self._list_volumes()
         return list(page.get("items") or [])
 
+    # -- DeviceNode ---------------------------------------------------------------------------------------
+    async def get_device_node(self, name: str) -> Obj | None:
+        got: Obj | None = await self._call("get_namespaced_custom_object", c.NODE_PLURAL, name, absent_ok=True)
+        return got
+
+    async def create_device_node(self, body: Mapping[str, Any]) -> Obj:
+        obj: Obj = await self._call("create_namespaced_custom_object", c.NODE_PLURAL, body)
+        return obj
+
+    async def replace_device_node(self, name: str, body: Mapping[str, Any]) -> Obj:
+        obj: Obj = await self._call("replace_namespaced_custom_object", c.NODE_PLURAL, name, body)
+        return obj
+
+    async def patch_device_node(self, name: str, patch: Mapping[str, Any]) -> Obj:
+        obj: Obj = await self._call(
+            "patch_namespaced_custom_object", c.NODE_PLURAL, name, patch, _content_type=_MERGE_PATCH
+        )
+        return obj
+
+    async def delete_device_node(self, name: str) -> None:
+        await self._call("delete_namespaced_custom_object", c.NODE_PLURAL, name, absent_ok=True)
+
     async def list_device_nodes(self) -> list[Obj]:
         page = await self._list_nodes()
         return list(page.get("items") or [])
-
-    async def patch_device_node(self, name: str, patch: Mapping[str, Any]) -> Obj:
-        try:
-            obj: Obj = await self._custom.patch_namespaced_custom_object(
-                c.GROUP,
-                c.VERSION,
-                self.namespace,
-                c.NODE_PLURAL,
-                name,
-                patch,
-                _content_type="application/merge-patch+json",
-            )
-            return obj
-        except ApiException as e:
-            raise _translate(e) from e
-
-    async def delete_device_node(self, name: str) -> None:
-        try:
-            await self._custom.delete_namespaced_custom_object(c.GROUP, c.VERSION, self.namespace, c.NODE_PLURAL, name)
-        except ApiException as e:
-            if e.status != 404:
-                raise
 
     async def list_pvs(self) -> list[Obj]:
         pvs = await self._core.list_persistent_volume()
         out: list[Obj] = self.api.sanitize_for_serialization(pvs).get("items") or []
         return out
-
-    async def patch_volume(self, name: str, patch: Mapping[str, Any]) -> Obj:
-        try:
-            obj: Obj = await self._custom.patch_namespaced_custom_object(
-                c.GROUP,
-                c.VERSION,
-                self.namespace,
-                c.VOLUME_PLURAL,
-                name,
-                patch,
-                _content_type="application/merge-patch+json",
-            )
-            return obj
-        except ApiException as e:
-            raise _translate(e) from e
 
     # -- core: persistent volumes and their consumers (operators' commands) -------------------------------
     async def get_pv(self, name: str) -> Obj | None:
@@ -236,7 +182,7 @@ class Kube:
     async def patch_pv(self, name: str, patch: Mapping[str, Any]) -> None:
         """Patching an absent PV is a no-op (it may have just finished deleting)."""
         try:
-            await self._core.patch_persistent_volume(name, patch, _content_type="application/merge-patch+json")
+            await self._core.patch_persistent_volume(name, patch, _content_type=_MERGE_PATCH)
         except ApiException as e:
             if e.status != 404:
                 raise

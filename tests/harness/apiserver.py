@@ -133,16 +133,7 @@ class ApiServer:
         self._api_args = args
         self.procs.append(spawn(args, api_log))
         self.url = f"https://127.0.0.1:{api_port}"
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        admin = self.identities["admin"].token
-
-        def ready() -> bool:
-            req = urllib.request.Request(f"{self.url}/readyz", headers={"Authorization": f"Bearer {admin}"})
-            return bool(urllib.request.urlopen(req, context=ctx, timeout=2).status == 200)
-
-        _wait("kube-apiserver", ready, 90, self.procs[-1], api_log)
+        self._wait_apiserver()
         for ident in self.identities.values():
             ident.kubeconfig = self._kubeconfig(ident)
         return self
@@ -215,8 +206,10 @@ class ApiServer:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        log = self.workdir / "kube-apiserver.log"
-        self.procs.append(spawn(self._api_args, log))
+        self.procs.append(spawn(self._api_args, self.workdir / "kube-apiserver.log"))
+        self._wait_apiserver()
+
+    def _wait_apiserver(self) -> None:
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
@@ -226,7 +219,7 @@ class ApiServer:
             req = urllib.request.Request(f"{self.url}/readyz", headers={"Authorization": f"Bearer {admin}"})
             return bool(urllib.request.urlopen(req, context=ctx, timeout=2).status == 200)
 
-        _wait("kube-apiserver", ready, 90, self.procs[-1], log)
+        _wait("kube-apiserver", ready, 90, self.procs[-1], self.workdir / "kube-apiserver.log")
 
     def pause(self) -> None:
         """Freeze kube-apiserver (SIGSTOP): clients see it as unreachable."""
