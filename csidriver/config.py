@@ -49,6 +49,7 @@ class Settings:
     leader_election: bool
     lease_seconds: float
     identity: str
+    registration_dir: str | None
 
     @property
     def socket_path(self) -> str:
@@ -78,6 +79,7 @@ _ENV: Mapping[str, tuple[str, str]] = {
     "leader_election": ("LEADER_ELECTION", "true"),
     "lease_seconds": ("LEASE_SECONDS", "15"),
     "identity": ("POD_NAME", ""),
+    "registration_dir": ("KUBELET_REGISTRATION_DIR", ""),
 }
 
 
@@ -160,6 +162,7 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
         leader_election=_flag("leader_election", raw["leader_election"]),
         lease_seconds=_number("lease_seconds", raw["lease_seconds"], float, 3),
         identity=raw["identity"] or socket.gethostname(),
+        registration_dir=opt("registration_dir"),
     )
 
 

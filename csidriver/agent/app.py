@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import random
 from collections.abc import Iterable
 from typing import Any
 
+import grpc
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from csidriver.agent.brake import DeletionBrake
@@ -23,12 +26,16 @@ from csidriver.host import DiskInventory, Filesystems, Mounter, PartitionManager
 from csidriver.kube.client import make_api_client
 from csidriver.kube.resources import Kube
 from csidriver.metrics import Metrics
+from csidriver.pluginregistration import api_pb2_grpc
+from csidriver.servicers import health
 from csidriver.servicers.identity import IdentityServicer
 from csidriver.servicers.node import NodeServicer
+from csidriver.servicers.registration import RegistrationServicer, RegistrationState, registration_socket
 from csidriver.servicers.server import start_server
 from csidriver.services.publish import Publisher
 
 log = logging.getLogger(__name__)
+HEALTH_TIMEOUT = 4.0  # seconds for the /healthz Probe (kubelet's probe timeout in deploy/ is 5 s)
 
 
 async def _node_identity(kube: Kube, settings: Settings) -> tuple[dict[str, str], dict[str, Any] | None]:
@@ -119,12 +126,19 @@ async def run(settings: Settings) -> None:
         ],
     )
     log.info("agent for node %s serving on %s", settings.node_id, settings.endpoint)
-    metrics.serve(settings.metrics_address)
+    registration = RegistrationState()
+    check = health.liveness(settings.socket_path, HEALTH_TIMEOUT, registration.problem)
+    metrics.serve(settings.metrics_address, health.from_thread(check, asyncio.get_running_loop(), HEALTH_TIMEOUT + 1))
+    registrar: grpc.aio.Server | None = None
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(server.wait_for_termination())
             found, owner = await _node_identity(kube, settings)
             topology.update(found)
+            if settings.registration_dir:
+                # Only now: kubelet calls NodeGetInfo right after registering and copies the topology keys
+                # into CSINode, so they must be complete.
+                registrar = await _register_with_kubelet(settings, registration)
             reporter = NodeReporter(kube, inventory, settings.node_id, topology, owner, settings.resync_seconds)
             reporter_box.append(reporter)
             metrics.add_collector(lambda: _disk_metrics(reporter))
@@ -146,8 +160,22 @@ async def run(settings: Settings) -> None:
             tg.create_task(own_node.run())
             tg.create_task(queue.run())
     finally:
+        if registrar is not None and settings.registration_dir:
+            await registrar.stop(grace=1)
+            # Removing the socket tells kubelet's plugin watcher that the plugin is gone.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(registration_socket(settings.registration_dir, settings.driver_name))
         await server.stop(grace=2)
         await api.close()
+
+
+async def _register_with_kubelet(settings: Settings, state: RegistrationState) -> grpc.aio.Server:
+    assert settings.registration_dir
+    path = registration_socket(settings.registration_dir, settings.driver_name)
+    servicer = RegistrationServicer(settings.driver_name, settings.socket_path, state)
+    server = await start_server(path, [(api_pb2_grpc.add_RegistrationServicer_to_server, servicer)])
+    log.info("registration socket for kubelet at %s", path)
+    return server
 
 
 async def _first_scan(reporter: NodeReporter) -> None:

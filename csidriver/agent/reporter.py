@@ -52,6 +52,7 @@ class NodeReporter:
         self.disks: list[PoolDisk] = []  # healthy pool disks of the last scan
         self.failed: list[PoolDisk] = []  # pool disks seen before that are now unreadable or gone
         self._known: dict[str, PoolDisk] = {}
+        self._block_names: frozenset[str] = frozenset()  # block devices present when the last scan started
         self.scanned = asyncio.Event()
 
     def _body(self, devices: tuple[Device, ...]) -> dict[str, Any]:
@@ -72,6 +73,7 @@ class NodeReporter:
                 return self.disks
             self._started += 1
             ticket = self._started
+            self._block_names = await asyncio.to_thread(self._inventory.block_names)
             result = await self._inventory.scan_detailed()
             self.disks = list(result.disks)
             healthy = {d.guid for d in self.disks}
@@ -122,6 +124,10 @@ class NodeReporter:
                 return True
         return False
 
+    def _changed(self) -> bool:
+        """A disk vanished, or a block device or partition table appeared (a disk added while we run)."""
+        return self._vanished() or self._inventory.block_names() != self._block_names
+
     async def run(self, health_interval: float = 5.0) -> None:
         while True:
             try:
@@ -135,7 +141,7 @@ class NodeReporter:
             deadline = time.monotonic() + delay
             while time.monotonic() < deadline:
                 await asyncio.sleep(min(health_interval, max(deadline - time.monotonic(), 0)))
-                if await asyncio.to_thread(self._vanished):
+                if await asyncio.to_thread(self._changed):
                     break
 
 

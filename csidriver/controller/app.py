@@ -16,6 +16,7 @@ from csidriver.kube.client import make_api_client
 from csidriver.kube.lease import LeaseElector
 from csidriver.kube.resources import Kube
 from csidriver.metrics import Metrics
+from csidriver.servicers import health
 from csidriver.servicers.controller import ControllerServicer
 from csidriver.servicers.identity import IdentityServicer
 from csidriver.servicers.server import start_server
@@ -23,6 +24,7 @@ from csidriver.services.cluster import ClusterState
 from csidriver.services.provisioning import Provisioner
 
 log = logging.getLogger(__name__)
+HEALTH_TIMEOUT = 4.0  # seconds for the /healthz Probe (kubelet's probe timeout in deploy/ is 5 s)
 
 
 def _load_metrics(cluster: ClusterState) -> Iterable[Metric]:
@@ -47,7 +49,8 @@ async def run(settings: Settings) -> None:
     metrics = Metrics()
     metrics.api_requests(api.requests)
     metrics.add_collector(lambda: _load_metrics(cluster))
-    metrics.serve(settings.metrics_address)
+    check = health.liveness(settings.socket_path, HEALTH_TIMEOUT)
+    metrics.serve(settings.metrics_address, health.from_thread(check, asyncio.get_running_loop(), HEALTH_TIMEOUT + 1))
 
     async def readiness() -> str | None:
         if not volumes.synced.is_set():

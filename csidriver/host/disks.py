@@ -145,6 +145,11 @@ class DiskInventory:
             raise CommandError(done.argv, done.returncode, done.stderr)
         return parse_sfdisk_json(done.stdout)
 
+    def block_names(self) -> frozenset[str]:
+        """Kernel names of every block device and partition (one directory read): changes when a disk appears or
+        goes, or gains a partition table, so a caller can rescan only then."""
+        return frozenset(_list_dir(os.path.join(self._sys_root, "class", "block")))
+
     def wanted(self, name: str, path: str) -> bool:
         """Apply the include/ignore filters and the default exclusion of virtual devices."""
         included = self._include is not None and _matches(self._include, name, path)

@@ -432,14 +432,17 @@ def test_agent_daemonset() -> None:
     assert pod["priorityClassName"] == "system-node-critical"
     assert {"operator": "Exists"} in pod["tolerations"]
     containers = _containers(daemonset)
-    assert set(containers) == {"csi-node-driver-registrar", "device-driver"}
+    # The agent registers itself with kubelet: no registrar sidecar.
+    assert set(containers) == {"device-driver"}
     driver = containers["device-driver"]
     assert driver["image"] == "openebs/device-localpv:0.1.0"
     assert driver["args"] == ["agent"]
     assert driver["securityContext"]["privileged"] is True
     env = _env(driver)
     assert env["OPENEBS_NODE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
-    assert env["CSI_ENDPOINT"]["value"] == "unix:///plugin/csi.sock"
+    assert env["CSI_ENDPOINT"]["value"] == "unix:///var/lib/kubelet/plugins/device-localpv/csi.sock"
+    assert env["KUBELET_REGISTRATION_DIR"]["value"] == "/var/lib/kubelet/plugins_registry"
+    assert driver["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert env["DEVICE_DRIVER_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     assert env["METRICS_ADDRESS"]["value"] == ":9501"
     assert re.compile(env["IGNORE_BLOCK_DEVICES_REGEX"]["value"]).match("loop0")
@@ -450,7 +453,6 @@ def test_agent_daemonset() -> None:
     mounts = {m["mountPath"]: m for m in driver["volumeMounts"]}
     host = {path: volumes[m["name"]]["path"] for path, m in mounts.items()}
     assert host == {
-        "/plugin": "/var/lib/kubelet/plugins/device-localpv",
         "/var/lib/kubelet": "/var/lib/kubelet",
         "/dev": "/dev",
         "/sys": "/sys",
@@ -460,16 +462,6 @@ def test_agent_daemonset() -> None:
     assert mounts["/var/lib/kubelet"]["mountPropagation"] == "Bidirectional"
     assert mounts["/run/udev"]["readOnly"] is True
     assert volumes[mounts["/run/device-localpv"]["name"]]["type"] == "DirectoryOrCreate"
-
-    registrar = containers["csi-node-driver-registrar"]
-    assert registrar["image"] == "registry.k8s.io/sig-storage/csi-node-driver-registrar:v2.15.0"
-    assert "--csi-address=/plugin/csi.sock" in registrar["args"]
-    assert "--kubelet-registration-path=/var/lib/kubelet/plugins/device-localpv/csi.sock" in registrar["args"]
-    rmounts = {m["mountPath"]: volumes[m["name"]]["path"] for m in registrar["volumeMounts"]}
-    assert rmounts == {
-        "/plugin": "/var/lib/kubelet/plugins/device-localpv",
-        "/registration": "/var/lib/kubelet/plugins_registry",
-    }
 
 
 def test_bidirectional_propagation_only_where_privileged() -> None:
