@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build (once) the Go-built tools the tests and the demo need, into a versioned cache outside the repo.
-# Usage: hack/tools.sh [all|etcd|kube|csi-sanity|csi-provisioner|csi-proto|env|dir]
+# Usage: hack/tools.sh [all|etcd|kube|kubelet|helm|csi-sanity|csi-provisioner|csi-proto|kubelet-proto|env|dir]
 # Prints nothing but progress on stderr; the cache dir is printed on stdout by `hack/tools.sh dir`.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -91,6 +91,23 @@ for r in json.load(sys.stdin).get("Replace") or []:
   mv "$out.tmp" "$out"; rm -rf "$d"
 }
 
+build_helm() {
+  local out; out=$(bin_dir helm "$HELM_VERSION")
+  [[ -x $out/helm ]] && return 0
+  log "building helm $HELM_VERSION"
+  GOBIN="$out.tmp" go install -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" >&2
+  mv "$out.tmp" "$out"
+}
+
+# Path of the kubelet plugin-registration API proto (k8s.io/kubelet at the Kubernetes version we build).
+kubelet_proto() {
+  local minor patch
+  minor=$(echo "$KUBERNETES_VERSION" | cut -d. -f2); patch=$(echo "$KUBERNETES_VERSION" | cut -d. -f3)
+  go mod download -json "k8s.io/kubelet@v0.${minor}.${patch}" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"] + "/pkg/apis/pluginregistration/v1/api.proto")'
+}
+
 # Path of csi.proto at the pinned spec version (downloaded through the Go module proxy, not vendored).
 csi_proto() {
   go mod download -json "github.com/container-storage-interface/spec@$CSI_SPEC_VERSION" |
@@ -104,16 +121,20 @@ case $cmd in
     echo "ETCD_BIN=$(bin_dir etcd "$ETCD_VERSION")/etcd"
     echo "KUBE_BIN_DIR=$(bin_dir kubernetes "$KUBERNETES_VERSION")"
     echo "CSI_SANITY_BIN=$(bin_dir csi-test "$CSI_TEST_VERSION")/csi-sanity"
-    echo "CSI_PROVISIONER_BIN=$(bin_dir external-provisioner "$EXTERNAL_PROVISIONER_VERSION")/csi-provisioner" ;;
+    echo "CSI_PROVISIONER_BIN=$(bin_dir external-provisioner "$EXTERNAL_PROVISIONER_VERSION")/csi-provisioner"
+    echo "HELM_BIN=$(bin_dir helm "$HELM_VERSION")/helm" ;;
   csi-proto) csi_proto ;;
+  kubelet-proto) kubelet_proto ;;
+  kubelet) build_kube kubelet ;;
+  helm) build_helm ;;
   etcd) build_etcd ;;
   kube) build_kube kube-apiserver kubectl kube-controller-manager kube-scheduler ;;
   csi-sanity) build_csi_sanity ;;
   csi-provisioner) build_provisioner ;;
   all)
     start=$(date +%s)
-    build_etcd; build_csi_sanity; build_kube kube-apiserver kubectl kube-controller-manager kube-scheduler
-    build_provisioner
+    build_etcd; build_csi_sanity; build_kube kube-apiserver kubectl kube-controller-manager kube-scheduler kubelet
+    build_provisioner; build_helm
     log "tools ready in $(( $(date +%s) - start ))s under $cache_root" ;;
   *) echo "unknown tool: $cmd" >&2; exit 2 ;;
 esac
