@@ -6,7 +6,9 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-packages=(parted fdisk util-linux e2fsprogs xfsprogs btrfs-progs udev openssl)
+# The second line is the real node: container engine and image builder, kubelet runtime, pod networking.
+packages=(parted fdisk util-linux e2fsprogs xfsprogs btrfs-progs udev openssl
+  podman containerd runc containernetworking-plugins mmdebstrap iptables conntrack)
 missing=()
 for p in "${packages[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
 if ((${#missing[@]})); then
@@ -30,3 +32,4 @@ if [[ ! -e $stamp ]]; then
 fi
 hack/gen-proto.sh
 hack/tools.sh all
+hack/image.sh >/dev/null  # the images deploy/ names, plus pause (cached; seconds when nothing changed)
