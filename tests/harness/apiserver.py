@@ -65,11 +65,22 @@ class ApiServer:
     identities: dict[str, Identity] = field(default_factory=dict)
     url: str = ""
     audit_log: Path | None = None
+    # Where Pods must reach it (a real node): bind and advertise an address on the host, on a fixed port, with the
+    # ServiceAccount admission plugin on (it gives Pods their projected token volume).
+    bind: str = "127.0.0.1"
+    port: int = 0
+    service_cidr: str = "10.0.0.0/24"
+    pods: bool = False
     _api_args: list[str] = field(default_factory=list)
+
+    @property
+    def ca_file(self) -> Path:
+        """The self-signed serving certificate kube-apiserver writes into its cert dir (the bundle holds its CA)."""
+        return self.workdir / "certs" / "apiserver.crt"
 
     def start(self, audit: bool = False) -> ApiServer:
         w = self.workdir
-        etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
+        etcd_port, peer_port, api_port = free_port(), free_port(), self.port or free_port()
         etcd_log = w / "etcd.log"
         self.procs.append(
             spawn(
@@ -111,16 +122,19 @@ class ApiServer:
             f"--etcd-servers=http://127.0.0.1:{etcd_port}",
             f"--cert-dir={w / 'certs'}",
             f"--secure-port={api_port}",
-            "--bind-address=127.0.0.1",
-            "--service-cluster-ip-range=10.0.0.0/24",
+            f"--bind-address={self.bind}",
+            f"--service-cluster-ip-range={self.service_cidr}",
             "--authorization-mode=RBAC",
             "--service-account-issuer=https://kubernetes.default.svc",
             f"--service-account-key-file={key}",
             f"--service-account-signing-key-file={key}",
             f"--token-auth-file={w / 'tokens.csv'}",
-            "--disable-admission-plugins=ServiceAccount",
             "--allow-privileged=true",
         ]
+        if self.pods:
+            args += [f"--advertise-address={self.bind}", "--kubelet-preferred-address-types=InternalIP"]
+        else:
+            args += ["--disable-admission-plugins=ServiceAccount"]
         if audit:
             self.audit_log = w / "audit.log"
             policy = w / "audit-policy.yaml"
@@ -132,7 +146,7 @@ class ApiServer:
         api_log = w / "kube-apiserver.log"
         self._api_args = args
         self.procs.append(spawn(args, api_log))
-        self.url = f"https://127.0.0.1:{api_port}"
+        self.url = f"https://{self.bind}:{api_port}"
         self._wait_apiserver()
         for ident in self.identities.values():
             ident.kubeconfig = self._kubeconfig(ident)

@@ -19,6 +19,8 @@ class Tools:
     kube_controller_manager: str
     kube_scheduler: str
     csi_provisioner: str
+    kubelet: str
+    helm: str
 
 
 def tools() -> Tools:
@@ -33,4 +35,6 @@ def tools() -> Tools:
         kube_controller_manager=os.path.join(kube, "kube-controller-manager"),
         kube_scheduler=os.path.join(kube, "kube-scheduler"),
         csi_provisioner=env["CSI_PROVISIONER_BIN"],
+        kubelet=os.path.join(kube, "kubelet"),
+        helm=env["HELM_BIN"],
     )

@@ -1,0 +1,211 @@
+"""The user's path on a real node: PVC created -> Pod Running with the volume mounted, and the agent's memory.
+
+    .venv/bin/python -m bench.node_pods [--pods 20] [--volumes 50]
+
+Runs the real node of tests/node/ (containerd + runc + kubelet, the driver installed from deploy/ in Pods) and
+measures, with a watch on Pods (no polling):
+- PVC+Pod applied together -> Pod Running, WaitForFirstConsumer class, one at a time (p50/p99 over --pods);
+- the same for --pods Pods applied at once (p50/p99 of each Pod's latency, and the time until the last one runs);
+- the agent container's memory from its cgroup (usage and working set, as kubelet counts it), idle and with
+  --volumes volumes provisioned and mounted in Pods;
+- the size of every image loaded into the node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import ssl
+import statistics
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from tests.harness.node import wait_for
+from tests.harness.tools import ROOT, tools
+from tests.harness.workloads import IMAGE, NAMESPACE, NodeCluster, bring_up
+from tests.node.conftest import build_images
+
+SC = "openebs-device-ssd"  # deploy/'s WaitForFirstConsumer class
+SC_IMMEDIATE = "openebs-device-ssd-immediate"
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+class PodWatch:
+    """Streams a watch on the default namespace's Pods and records when each first reports phase Running."""
+
+    def __init__(self, cluster: NodeCluster) -> None:
+        api = cluster.real.api
+        assert api is not None
+        self._url = f"{api.url}/api/v1/namespaces/default/pods?watch=1&labelSelector=bench%3Dnode-pods"
+        self._token = api.identities["admin"].token
+        self.running: dict[str, float] = {}
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._ready = threading.Event()
+
+    def start(self) -> PodWatch:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def _run(self) -> None:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        req = urllib.request.Request(self._url, headers={"Authorization": f"Bearer {self._token}"})
+        with urllib.request.urlopen(req, context=ctx, timeout=3600) as stream:
+            self._ready.set()
+            for line in stream:
+                event = json.loads(line)
+                pod = event["object"]
+                name = pod["metadata"]["name"]
+                if pod.get("status", {}).get("phase") == "Running" and name not in self.running:
+                    self.running[name] = time.monotonic()
+
+
+def pvc_and_pod(name: str, storage_class: str, claims: int = 1) -> list[dict[str, Any]]:
+    objs: list[dict[str, Any]] = []
+    volumes, mounts = [], []
+    for i in range(claims):
+        claim = f"{name}-{i}"
+        objs.append(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": claim, "namespace": "default", "labels": {"bench": "node-pods"}},
+                "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "storageClassName": storage_class,
+                    "resources": {"requests": {"storage": "16Mi"}},
+                },
+            }
+        )
+        volumes.append({"name": f"v{i}", "persistentVolumeClaim": {"claimName": claim}})
+        mounts.append({"name": f"v{i}", "mountPath": f"/data/{i}"})
+    objs.append(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "labels": {"bench": "node-pods"}},
+            "spec": {
+                "terminationGracePeriodSeconds": 0,
+                "containers": [
+                    {
+                        "name": "app",
+                        "image": IMAGE,
+                        "imagePullPolicy": "Never",
+                        "command": ["sleep", "infinity"],
+                        "volumeMounts": mounts,
+                    }
+                ],
+                "volumes": volumes,
+            },
+        }
+    )
+    return objs
+
+
+def apply_all(cluster: NodeCluster, objs: list[dict[str, Any]]) -> None:
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objs}))
+
+
+def clean(cluster: NodeCluster) -> None:
+    cluster.kubectl("delete", "pods", "-l", "bench=node-pods", "--wait=true", "--timeout=300s")
+    cluster.kubectl("delete", "pvc", "-l", "bench=node-pods", "--wait=true", "--timeout=300s")
+    wait_for("every DeviceVolume gone", lambda: not cluster.kubectl("get", "devicevolume", "-A", "-o", "name"), 300)
+
+
+def agent_memory(cluster: NodeCluster) -> tuple[float, float]:
+    """(usage, working set) in MiB of the agent's driver container, from its memory cgroup (v1)."""
+    pod = cluster.real.get("pod", cluster.agent_pod(), namespace=NAMESPACE)
+    status = next(c for c in pod["status"]["containerStatuses"] if c["name"] == "device-driver")
+    cid = status["containerID"].split("://", 1)[1]
+    (path,) = glob.glob(f"/sys/fs/cgroup/memory/kubepods/**/{cid}", recursive=True)
+    usage = int(Path(path, "memory.usage_in_bytes").read_text())
+    stat = dict(line.split() for line in Path(path, "memory.stat").read_text().splitlines())
+    working = usage - int(stat.get("total_inactive_file", 0))
+    return usage / 2**20, working / 2**20
+
+
+def sequential(cluster: NodeCluster, watch: PodWatch, n: int) -> list[float]:
+    took = []
+    for i in range(n):
+        name = f"seq-{i}"
+        start = time.monotonic()
+        apply_all(cluster, pvc_and_pod(name, SC))
+        wait_for(f"{name} Running", lambda name=name: name in watch.running, 120, interval=0.01)  # type: ignore[misc]
+        took.append(watch.running[name] - start)
+    return took
+
+
+def burst(cluster: NodeCluster, watch: PodWatch, n: int) -> tuple[list[float], float]:
+    names = [f"burst-{i}" for i in range(n)]
+    objs = [o for name in names for o in pvc_and_pod(name, SC)]
+    start = time.monotonic()
+    apply_all(cluster, objs)
+    wait_for("every burst Pod Running", lambda: all(n in watch.running for n in names), 600, interval=0.05)
+    took = [watch.running[n] - start for n in names]
+    return took, max(took)
+
+
+def image_sizes() -> dict[str, float]:
+    sizes = {}
+    for archive in build_images():
+        sizes[os.path.basename(archive)] = os.path.getsize(archive) / 1e6
+    return sizes
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pods", type=int, default=20)
+    ap.add_argument("--volumes", type=int, default=50)
+    args = ap.parse_args()
+    images = build_images()
+    cluster = bring_up(tools(), images, ROOT / "artifacts" / "bench-node")
+    try:
+        watch = PodWatch(cluster).start()
+        time.sleep(10)  # let the fresh agent settle before reading its idle memory
+        idle = agent_memory(cluster)
+
+        seq = sequential(cluster, watch, args.pods)
+        clean(cluster)
+        at_once, last = burst(cluster, watch, args.pods)
+        clean(cluster)
+
+        per_pod = 5
+        pods = (args.volumes + per_pod - 1) // per_pod
+        objs = [o for i in range(pods) for o in pvc_and_pod(f"mem-{i}", SC_IMMEDIATE, per_pod)]
+        apply_all(cluster, objs)
+        names = [f"mem-{i}" for i in range(pods)]
+        wait_for("memory Pods Running", lambda: all(n in watch.running for n in names), 900, interval=0.2)
+        time.sleep(10)
+        loaded = agent_memory(cluster)
+        clean(cluster)
+
+        print(f"PVC+Pod -> Running, WaitForFirstConsumer, one at a time ({args.pods}):")
+        print(f"  p50 {statistics.median(seq):.2f} s  p99 {pct(seq, 0.99):.2f} s  max {max(seq):.2f} s")
+        print(f"PVC+Pod -> Running, {args.pods} applied at once:")
+        print(f"  p50 {statistics.median(at_once):.2f} s  p99 {pct(at_once, 0.99):.2f} s  all Running {last:.2f} s")
+        print("agent container memory (cgroup v1; usage / working set):")
+        print(f"  idle: {idle[0]:.1f} MiB / {idle[1]:.1f} MiB")
+        print(f"  {pods * per_pod} volumes mounted in {pods} Pods: {loaded[0]:.1f} MiB / {loaded[1]:.1f} MiB")
+        print("image archives (docker-archive, uncompressed layers):")
+        for name, mb in image_sizes().items():
+            print(f"  {name}: {mb:.1f} MB")
+    finally:
+        try:
+            cluster.real.logs(ROOT / "artifacts" / "bench-node")
+        finally:
+            cluster.real.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""One real node for every test in this directory: the driver installed from deploy/ into Pods on a real kubelet.
+
+Cost on a warm cache (images and Go tools built): about 40 s to bring the node up and the driver Ready.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import ARTIFACTS
+from tests.harness.tools import ROOT, Tools
+from tests.harness.workloads import NodeCluster, bring_up
+
+
+def build_images() -> list[str]:
+    """Archives of every image deploy/ names plus pause, built once by hack/image.sh (cached outside the repo)."""
+    done = subprocess.run([str(ROOT / "hack" / "image.sh")], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"hack/image.sh failed:\n{done.stderr[-4000:]}")
+    paths = done.stdout.split()
+    assert paths and all(os.path.exists(p) for p in paths), paths
+    return paths
+
+
+@pytest.fixture(scope="session")
+def node(go_tools: Tools) -> Iterator[NodeCluster]:
+    for path in (go_tools.kubelet, go_tools.kube_controller_manager, go_tools.kube_scheduler):
+        if not os.access(path, os.X_OK):
+            pytest.fail(f"{path} is missing: run hack/tools.sh all")
+    cluster = bring_up(go_tools, build_images(), ARTIFACTS / "node")
+    try:
+        yield cluster
+    finally:
+        try:
+            cluster.real.logs(ARTIFACTS / "node")
+        finally:
+            cluster.real.stop()
