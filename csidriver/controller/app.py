@@ -64,7 +64,10 @@ async def run(settings: Settings) -> None:
     provisioner = Provisioner(kube, cluster, settings.create_timeout_seconds)
     elector = None
     if settings.leader_election:
-        lease_name = re.sub(r"[^a-z0-9-]", "-", settings.driver_name.lower()) + "-controller"
+        # The Lease csi-provisioner elects on (its lock name is the driver name made DNS-safe), with the same
+        # identity (the Pod name): the driver and its sidecar lead together, per Pod, so the provisioner that
+        # sends CreateVolume always reaches a driver allowed to serve it. Two Leases could elect different Pods.
+        lease_name = re.sub(r"[^a-zA-Z0-9-]", "-", settings.driver_name)
         elector = LeaseElector(api, settings.namespace, lease_name, settings.identity, settings.lease_seconds)
     nodes.subscribe(DiskFailureEvents(kube, cluster, elector.is_leader if elector else lambda: True).on_node)
     server = await start_server(

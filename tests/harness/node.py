@@ -290,6 +290,35 @@ class Kubelet:
         return urllib.request.urlopen(url, context=ctx, timeout=10).read().decode()  # type: ignore[no-any-return]
 
 
+MARKER = KUBELET_DIR / ".device-localpv-test-node"  # written by RealNode: this kubelet directory is ours
+
+
+def clean_stale_node() -> None:
+    """Removes what a test node killed without its clean-up left behind (its processes, mounts, bridge, loop disks),
+    only when its marker says the kubelet directory is ours."""
+    if not MARKER.exists():
+        return
+    stale = json.loads(MARKER.read_text())
+    workdir, disks = stale["workdir"], stale["disks"]
+    for pid in run("pgrep", "-f", workdir, check=False).stdout.split():
+        for child in run("pgrep", "-P", pid, check=False).stdout.split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(child), signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
+    time.sleep(1)
+    for netns in Path("/var/run/netns").glob("cni-*"):
+        run("ip", "netns", "delete", netns.name, check=False)
+    for prefix in (str(KUBELET_DIR), workdir):
+        unmount_all(prefix)
+        run("rm", "-rf", "--one-file-system", prefix, check=False)
+    for line in run("losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE", check=False).stdout.splitlines():
+        name, _, backing = line.strip().partition(" ")
+        if backing.strip().startswith(disks + "/"):
+            run("losetup", "--detach", name, check=False)
+    PodNetwork().down()
+
+
 @dataclass
 class RealNode:
     """The cluster: API server (reachable from Pods), controllers, scheduler, containerd and kubelet."""
@@ -305,8 +334,11 @@ class RealNode:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start(self) -> RealNode:
+        clean_stale_node()
         if mounts_under(str(KUBELET_DIR)) or KUBELET_DIR.exists():
             raise RuntimeError(f"{KUBELET_DIR} already exists on this host: another kubelet? Not touching it.")
+        KUBELET_DIR.mkdir(parents=True)
+        MARKER.write_text(json.dumps({"workdir": str(self.workdir), "disks": str(self.disks.workdir)}))
         self.network.up()
         self.api = ApiServer(
             self.tools, bind=API_IP, port=443, service_cidr=SERVICE_CIDR, pods=True, workdir=self.workdir / "api"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.harness.node import NODE
+from tests.harness.node import NODE, wait_for
 from tests.harness.workloads import NAMESPACE, TOPOLOGY_KEY, NodeCluster
 
 
@@ -19,10 +19,10 @@ def test_workloads_ready_and_plugin_registered(node: NodeCluster) -> None:
     assert registered["nodeID"] == NODE
     assert TOPOLOGY_KEY in registered["topologyKeys"]
 
-    # One controller holds the Lease; both replicas' containers are running.
-    lease = json.loads(node.kubectl("get", "lease", "-n", NAMESPACE, "-o", "json"))["items"]
-    holders = {item["spec"].get("holderIdentity") for item in lease}
-    assert set(node.controller_pods()) & holders, f"no controller pod holds a Lease: {holders}"
+    # One Lease, shared by each Pod's driver and csi-provisioner, held by one controller Pod.
+    leases = json.loads(node.kubectl("get", "lease", "-n", NAMESPACE, "-o", "json"))["items"]
+    assert [item["metadata"]["name"] for item in leases] == ["device-csi-openebs-io"]
+    assert leases[0]["spec"]["holderIdentity"] in node.controller_pods()
 
 
 def test_container_logs_are_readable(node: NodeCluster) -> None:
@@ -42,3 +42,25 @@ def test_liveness_probe_answers_through_the_driver_socket(node: NodeCluster) -> 
         driver = next(c for c in status["containerStatuses"] if c["name"] == "device-driver")
         assert driver["restartCount"] == 0, f"{pod}: {driver}"
         assert driver["ready"]
+
+
+def test_leadership_belongs_to_a_pod_and_moves_with_it(node: NodeCluster) -> None:
+    """The driver and csi-provisioner of one Pod lead together on one Lease: deleting the leading Pod hands both
+    roles to the other Pod, and claims are provisioned right after."""
+    (lease,) = json.loads(node.kubectl("get", "lease", "-n", NAMESPACE, "-o", "json"))["items"]
+    leader = lease["spec"]["holderIdentity"]
+    assert leader in node.controller_pods()
+    node.kubectl("delete", "pod", "-n", NAMESPACE, leader, "--wait=true", "--timeout=60s")
+
+    def new_holder() -> str | None:
+        spec = node.real.get("lease", lease["metadata"]["name"], namespace=NAMESPACE)["spec"]
+        holder = spec.get("holderIdentity")
+        return holder if holder and holder != leader else None
+
+    wait_for("another Pod leads", new_holder, 60)
+    node.pvc("after-failover", "openebs-device-ssd-immediate", "16Mi")
+    try:
+        node.pv_of("after-failover")
+    finally:
+        node.delete("pvc", "after-failover")
+    node.wait_driver_ready()
