@@ -1,5 +1,8 @@
 """Leader election on a coordination.k8s.io Lease, so that only one controller replica places volumes.
 
+In a cluster the Lease is the one csi-provisioner elects on, written with the same identity (the Pod name) by both
+containers of a Pod: whichever of the two renews, the Pod holds it, and both lead.
+
 Expiry is judged on this process's own clock: a lease is free once its renewTime has not changed for a whole
 lease duration since we first saw that value, so clock skew between replicas does not matter. A leader that
 cannot renew for a lease duration steps down by itself before anyone else can take over.
@@ -73,9 +76,14 @@ class LeaseElector:
         try:
             await self._api.replace_namespaced_lease(self._name, self._ns, body)
         except ApiException as e:
-            if e.status == 409:
-                return  # someone else renewed or took it first
-            raise
+            if e.status != 409:
+                raise
+            # Someone wrote first. When it was a writer with our identity (csi-provisioner in our Pod shares this
+            # Lease and identity), our Pod still holds it: that renewal is ours too.
+            again = await self._api.read_namespaced_lease(self._name, self._ns)
+            if mine and again.spec.holder_identity == self.identity:
+                self._won()
+            return
         if not mine:
             log.info("acquired lease %s/%s as %s", self._ns, self._name, self.identity)
         self._won()

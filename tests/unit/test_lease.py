@@ -1,0 +1,67 @@
+"""LeaseElector sharing its Lease with a writer of the same identity (csi-provisioner in the same Pod)."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from csidriver.kube.lease import LeaseElector
+
+
+class PodMateLeases:
+    """A Lease that the pod-mate renews between every read and write of ours, so each of our writes conflicts."""
+
+    def __init__(self, holder: str) -> None:
+        self.holder = holder
+        self.version = 0
+        self.writes = 0
+
+    def _lease(self) -> Any:
+        self.version += 1
+        return client.V1Lease(
+            metadata=client.V1ObjectMeta(
+                name="device-csi-openebs-io", namespace="openebs", resource_version=str(self.version)
+            ),
+            spec=client.V1LeaseSpec(
+                holder_identity=self.holder,
+                lease_duration_seconds=15,
+                renew_time=datetime.datetime.now(datetime.UTC),
+                lease_transitions=0,
+            ),
+        )
+
+    async def read_namespaced_lease(self, name: str, namespace: str) -> Any:
+        return self._lease()
+
+    async def replace_namespaced_lease(self, name: str, namespace: str, body: Any) -> Any:
+        self.writes += 1
+        raise ApiException(status=409, reason="Conflict")
+
+
+async def _elector(leases: PodMateLeases, identity: str) -> LeaseElector:
+    api = client.ApiClient()
+    elector = LeaseElector(api, "openebs", "device-csi-openebs-io", identity, 15)
+    await api.close()  # never used: requests go to the fake below
+    elector._api = leases  # the API server's side, as the pod-mate makes it behave
+    return elector
+
+
+async def test_pod_mate_renewals_count_as_ours() -> None:
+    leases = PodMateLeases(holder="controller-0")
+    elector = await _elector(leases, "controller-0")
+    for _ in range(3):
+        await elector._attempt()
+    assert leases.writes == 3
+    assert elector.is_leader(), "the Pod holds the Lease: its driver must lead with its csi-provisioner"
+
+
+async def test_another_pods_renewals_do_not() -> None:
+    leases = PodMateLeases(holder="controller-1")
+    elector = await _elector(leases, "controller-0")
+    for _ in range(3):
+        await elector._attempt()
+    assert leases.writes == 0  # a live holder's Lease is not even tried
+    assert not elector.is_leader()
