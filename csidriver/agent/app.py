@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import grpc
@@ -108,6 +108,12 @@ async def run(settings: Settings) -> None:
     kube = Kube(api, settings.namespace, "device-localpv-agent")
     metrics.api_requests(api.requests)
     reporter_box: list[NodeReporter] = []
+    wake: list[Callable[[str], None]] = []  # the work queue's wake, once it exists
+
+    def unpublished(volume_id: str) -> None:
+        # A volume being deleted while still mounted waits in backoff; its unpublish ends the wait at once.
+        for w in wake:
+            w(volume_id)
 
     async def readiness() -> str | None:
         return None if reporter_box and reporter_box[0].scanned.is_set() else "first disk scan not done"
@@ -121,7 +127,7 @@ async def run(settings: Settings) -> None:
             ),
             (
                 csi_pb2_grpc.add_NodeServicer_to_server,
-                NodeServicer(Publisher(host), settings.node_id, topology, metrics.observe_rpc),
+                NodeServicer(Publisher(host), settings.node_id, topology, metrics.observe_rpc, unpublished),
             ),
         ],
     )
@@ -152,6 +158,7 @@ async def run(settings: Settings) -> None:
 
             reconciler = VolumeReconciler(kube, informer.cache, partitions, reporter, settings.node_id, brake, cordoned)
             queue = WorkQueue(reconciler.reconcile, settings.workers, "devicevolume")
+            wake.append(queue.wake)
             informer.subscribe(lambda name, _old, _new: queue.add(name))
             metrics.add_collector(lambda: _queue_metrics(queue))
             await _first_scan(reporter)

@@ -41,6 +41,13 @@ class WorkQueue:
         self._queued.add(key)
         self._queue.put_nowait(key)
 
+    def wake(self, key: str) -> None:
+        """Run `key` now even if it waits out a backoff: what it waited for has just happened."""
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        self.add(key)
+
     def add_after(self, key: str, delay: float) -> None:
         old = self._timers.pop(key, None)
         if old is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from csidriver.csi import csi_pb2, csi_pb2_grpc
@@ -16,12 +16,19 @@ _Usage = csi_pb2.VolumeUsage
 
 class NodeServicer(csi_pb2_grpc.NodeServicer):
     def __init__(
-        self, publisher: Publisher, node_id: str, topology: Mapping[str, str], observe: Observer | None = None
+        self,
+        publisher: Publisher,
+        node_id: str,
+        topology: Mapping[str, str],
+        observe: Observer | None = None,
+        unpublished: Callable[[str], None] | None = None,
     ) -> None:
         self._pub = publisher
         self._node = node_id
         self._topology = dict(topology)
         self.observe = observe
+        # Told the volume id after each successful unpublish: a deletion that waited for the unmount can go on.
+        self._unpublished = unpublished
 
     @rpc
     async def NodePublishVolume(
@@ -38,6 +45,8 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
         self, request: csi_pb2.NodeUnpublishVolumeRequest, context: Ctx
     ) -> csi_pb2.NodeUnpublishVolumeResponse:
         await self._pub.unpublish(request.volume_id, request.target_path)
+        if self._unpublished is not None:
+            self._unpublished(request.volume_id)
         return csi_pb2.NodeUnpublishVolumeResponse()
 
     @rpc
