@@ -135,12 +135,29 @@ def clean(cluster: NodeCluster) -> None:
     wait_for("every DeviceVolume gone", lambda: not cluster.kubectl("get", "devicevolume", "-A", "-o", "name"), 300)
 
 
+def _cgroup(controller: str, cluster: NodeCluster, pod_name: str, container: str) -> str:
+    pod = cluster.real.get("pod", pod_name, namespace=NAMESPACE)
+    status = next(c for c in pod["status"]["containerStatuses"] if c["name"] == container)
+    cid = status["containerID"].split("://", 1)[1]
+    (path,) = glob.glob(f"/sys/fs/cgroup/{controller}/kubepods/**/{cid}", recursive=True)
+    return path
+
+
+def cpu_seconds(cluster: NodeCluster) -> dict[str, float]:
+    """CPU time used so far by each container of the driver's Pods (cgroup v1 cpuacct), by role/container."""
+    out: dict[str, float] = {}
+    for pod in cluster.real.get("pods", namespace=NAMESPACE)["items"]:
+        role = pod["metadata"]["labels"].get("app.kubernetes.io/component", "?")
+        for c in pod["status"].get("containerStatuses", []):
+            path = _cgroup("cpuacct", cluster, pod["metadata"]["name"], c["name"])
+            key = f"{role}/{c['name']}"
+            out[key] = out.get(key, 0.0) + int(Path(path, "cpuacct.usage").read_text()) / 1e9
+    return out
+
+
 def agent_memory(cluster: NodeCluster) -> tuple[float, float]:
     """(usage, working set) in MiB of the agent's driver container, from its memory cgroup (v1)."""
-    pod = cluster.real.get("pod", cluster.agent_pod(), namespace=NAMESPACE)
-    status = next(c for c in pod["status"]["containerStatuses"] if c["name"] == "device-driver")
-    cid = status["containerID"].split("://", 1)[1]
-    (path,) = glob.glob(f"/sys/fs/cgroup/memory/kubepods/**/{cid}", recursive=True)
+    path = _cgroup("memory", cluster, cluster.agent_pod(), "device-driver")
     usage = int(Path(path, "memory.usage_in_bytes").read_text())
     stat = dict(line.split() for line in Path(path, "memory.stat").read_text().splitlines())
     working = usage - int(stat.get("total_inactive_file", 0))
@@ -232,7 +249,9 @@ def main() -> None:
 
         seq = sequential(cluster, watch, args.pods)
         clean(cluster)
+        cpu_before = cpu_seconds(cluster)
         at_once = burst(cluster, watch, args.pods)
+        cpu_burst = {k: max(0.0, v - cpu_before.get(k, 0.0)) for k, v in cpu_seconds(cluster).items()}
         clean(cluster)
 
         per_pod = 5
@@ -247,6 +266,8 @@ def main() -> None:
 
         report(f"PVC+Pod applied -> Pod Running, WaitForFirstConsumer, one at a time ({args.pods}):", seq)
         report(f"PVC+Pod applied -> Pod Running, {args.pods} applied at once (from the one apply):", at_once)
+        used = ", ".join(f"{k} {v:.1f} s" for k, v in sorted(cpu_burst.items()))
+        print(f"  CPU used by the driver's containers during that burst (all replicas): {used}")
         print(f"container restarts in {NAMESPACE} during the run: {restarts(cluster)}")
         print("agent container memory (cgroup v1; usage / working set):")
         print(f"  idle: {idle[0]:.1f} MiB / {idle[1]:.1f} MiB")
