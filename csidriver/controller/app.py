@@ -79,7 +79,7 @@ async def run(settings: Settings) -> None:
             ),
             (
                 csi_pb2_grpc.add_ControllerServicer_to_server,
-                ControllerServicer(provisioner, metrics.observe_rpc, elector.is_leader if elector else None),
+                ControllerServicer(provisioner, metrics.observe_rpc, elector.confirm if elector else None),
             ),
         ],
     )

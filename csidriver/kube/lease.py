@@ -36,9 +36,23 @@ class LeaseElector:
         self._renewed_at = 0.0  # monotonic time of our last successful renew
         self._seen: tuple[str, float] = ("", 0.0)  # (holder+renewTime seen, monotonic when first seen)
         self.attempted = asyncio.Event()  # set after the first try, won or lost
+        self._confirming = asyncio.Lock()
 
     def is_leader(self) -> bool:
         return self._renewed_at > 0 and time.monotonic() - self._renewed_at < self._duration
+
+    async def confirm(self) -> bool:
+        """Leader now? When not as far as we know, read the Lease once before saying no: csi-provisioner in our Pod
+        may have just acquired it, and its call should not wait for our next renewal round."""
+        if self.is_leader():
+            return True
+        async with self._confirming:
+            if not self.is_leader():
+                try:
+                    await self._attempt()
+                except Exception as e:
+                    log.warning("lease %s: %s", self._name, e)
+        return self.is_leader()
 
     def _body(self, transitions: int, acquired: datetime.datetime | None) -> Any:
         now = _now()

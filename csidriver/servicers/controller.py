@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from google.protobuf import wrappers_pb2
@@ -20,19 +20,22 @@ _CAPS = (_Rpc.CREATE_DELETE_VOLUME, _Rpc.GET_CAPACITY)
 
 class ControllerServicer(csi_pb2_grpc.ControllerServicer):
     def __init__(
-        self, provisioner: Provisioner, observe: Observer | None = None, is_leader: Callable[[], bool] | None = None
+        self,
+        provisioner: Provisioner,
+        observe: Observer | None = None,
+        leads: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self._prov = provisioner
         self.observe = observe
-        self._is_leader = is_leader
+        self._leads = leads  # None: no leader election, this replica serves everything
 
-    def _require_leader(self) -> None:
-        if self._is_leader is not None and not self._is_leader():
+    async def _require_leader(self) -> None:
+        if self._leads is not None and not await self._leads():
             raise Unavailable("this controller replica is not the leader; retry")
 
     @rpc
     async def CreateVolume(self, request: csi_pb2.CreateVolumeRequest, context: Ctx) -> csi_pb2.CreateVolumeResponse:
-        self._require_leader()
+        await self._require_leader()
         vol = await self._prov.create(convert.create_request(request))
         return csi_pb2.CreateVolumeResponse(
             volume=csi_pb2.Volume(
@@ -45,7 +48,7 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
 
     @rpc
     async def DeleteVolume(self, request: csi_pb2.DeleteVolumeRequest, context: Ctx) -> csi_pb2.DeleteVolumeResponse:
-        self._require_leader()
+        await self._require_leader()
         await self._prov.delete(request.volume_id)
         return csi_pb2.DeleteVolumeResponse()
 

@@ -35,6 +35,32 @@ def spawn(argv: list[str], log: Path, **kw: object) -> subprocess.Popen[bytes]:
         return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, **kw)  # type: ignore[call-overload]
 
 
+def stop_all(procs: list[subprocess.Popen[bytes]], grace: float = 15) -> None:
+    """SIGTERM every process (last started first), then SIGKILL whatever has not exited within `grace` seconds."""
+    for p in reversed(procs):
+        p.terminate()
+    for p in reversed(procs):
+        try:
+            p.wait(grace)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    procs.clear()
+
+
+def start_kube_components(
+    tools: Tools, kubeconfig: str, workdir: Path, controllers: str, *kcm_args: str
+) -> list[subprocess.Popen[bytes]]:
+    """kube-controller-manager (only `controllers`) and kube-scheduler on loopback, logs in `workdir`."""
+    common = [f"--kubeconfig={kubeconfig}", "--leader-elect=false", "--bind-address=127.0.0.1"]
+    kcm = [tools.kube_controller_manager, *common, f"--controllers={controllers}", *kcm_args]
+    scheduler = [tools.kube_scheduler, *common]
+    return [
+        spawn([*kcm, f"--secure-port={free_port()}"], workdir / "kube-controller-manager.log"),
+        spawn([*scheduler, f"--secure-port={free_port()}"], workdir / "kube-scheduler.log"),
+    ]
+
+
 def _wait(what: str, check: object, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -243,15 +269,7 @@ class ApiServer:
         self.procs[-1].send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
-        for p in reversed(self.procs):
-            p.terminate()
-        for p in reversed(self.procs):
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        self.procs.clear()
+        stop_all(self.procs, 10)
         shutil.rmtree(self.workdir / "etcd", ignore_errors=True)
 
     def __enter__(self) -> ApiServer:

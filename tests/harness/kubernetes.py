@@ -9,7 +9,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.harness.apiserver import NAMESPACE, ApiServer, free_port, spawn
+from tests.harness.apiserver import NAMESPACE, ApiServer, free_port, spawn, start_kube_components, stop_all
 from tests.harness.disks import LoopDisk, LoopDisks
 from tests.harness.driver import Driver, Process
 from tests.harness.tools import Tools
@@ -47,32 +47,7 @@ class KubeCluster:
 
     def start_kube_components(self) -> None:
         admin = self.api.identities["admin"].kubeconfig
-        self.procs.append(
-            spawn(
-                [
-                    self.tools.kube_controller_manager,
-                    f"--kubeconfig={admin}",
-                    f"--controllers={KCM_CONTROLLERS}",
-                    "--leader-elect=false",
-                    "--bind-address=127.0.0.1",
-                    f"--secure-port={free_port()}",
-                    "--concurrent-gc-syncs=5",
-                ],
-                self.workdir / "kube-controller-manager.log",
-            )
-        )
-        self.procs.append(
-            spawn(
-                [
-                    self.tools.kube_scheduler,
-                    f"--kubeconfig={admin}",
-                    "--leader-elect=false",
-                    "--bind-address=127.0.0.1",
-                    f"--secure-port={free_port()}",
-                ],
-                self.workdir / "kube-scheduler.log",
-            )
-        )
+        self.procs += start_kube_components(self.tools, admin, self.workdir, KCM_CONTROLLERS, "--concurrent-gc-syncs=5")
 
     def start_driver(self, capacity_poll: str = "1s") -> None:
         self.driver = Driver(self.api, self.workdir)
@@ -177,12 +152,5 @@ class KubeCluster:
     def stop(self) -> None:
         if self.driver is not None:
             self.driver.stop()
-        for p in reversed(self.procs):
-            p.terminate()
-        for p in reversed(self.procs):
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_all(self.procs)
         self.disks.cleanup()

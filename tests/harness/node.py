@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.harness.apiserver import ApiServer, free_port, spawn
+from tests.harness.apiserver import ApiServer, spawn, start_kube_components, stop_all
 from tests.harness.disks import LoopDisks
 from tests.harness.tools import ROOT, Tools
 
@@ -364,34 +364,9 @@ class RealNode:
     def _kube_components(self) -> None:
         assert self.api is not None
         admin = self.api.identities["admin"].kubeconfig
-        self.procs.append(
-            spawn(
-                [
-                    self.tools.kube_controller_manager,
-                    f"--kubeconfig={admin}",
-                    f"--controllers={KCM_CONTROLLERS}",
-                    f"--root-ca-file={self.api.ca_file}",
-                    "--leader-elect=false",
-                    "--bind-address=127.0.0.1",
-                    f"--secure-port={free_port()}",
-                    # A single test node: evict nothing when it briefly misses a heartbeat (kubelet restarts).
-                    "--node-monitor-grace-period=60s",
-                ],
-                self.workdir / "kube-controller-manager.log",
-            )
-        )
-        self.procs.append(
-            spawn(
-                [
-                    self.tools.kube_scheduler,
-                    f"--kubeconfig={admin}",
-                    "--leader-elect=false",
-                    "--bind-address=127.0.0.1",
-                    f"--secure-port={free_port()}",
-                ],
-                self.workdir / "kube-scheduler.log",
-            )
-        )
+        # A single test node: evict nothing when it briefly misses a heartbeat (kubelet restarts).
+        extra = (f"--root-ca-file={self.api.ca_file}", "--node-monitor-grace-period=60s")
+        self.procs += start_kube_components(self.tools, admin, self.workdir, KCM_CONTROLLERS, *extra)
 
     def kubectl(self, *args: str, check: bool = True, input: str | None = None) -> str:
         assert self.api is not None
@@ -423,6 +398,9 @@ class RealNode:
             for container in self._containers(ns, pod):
                 text = self.kubectl("logs", "-n", ns, pod, "-c", container, check=False)
                 (dest / f"pod-{ns}-{pod}-{container}.log").write_text(text)
+                previous = self.kubectl("logs", "--previous", "-n", ns, pod, "-c", container, check=False)
+                if previous:
+                    (dest / f"pod-{ns}-{pod}-{container}.previous.log").write_text(previous)
 
     def _pods(self) -> Iterator[tuple[str, str]]:
         out = self.kubectl("get", "pods", "-A", "-o", "json", check=False)
@@ -438,14 +416,7 @@ class RealNode:
             self.kubelet.stop()
         if self.containerd is not None:
             self.containerd.stop()
-        for p in reversed(self.procs):
-            p.terminate()
-        for p in reversed(self.procs):
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_all(self.procs)
         if self.api is not None:
             self.api.stop()
         for netns in Path("/var/run/netns").glob("cni-*"):

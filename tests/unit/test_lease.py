@@ -65,3 +65,12 @@ async def test_another_pods_renewals_do_not() -> None:
         await elector._attempt()
     assert leases.writes == 0  # a live holder's Lease is not even tried
     assert not elector.is_leader()
+
+
+async def test_confirm_reads_the_lease_before_refusing() -> None:
+    """A call arriving right after our Pod's csi-provisioner acquired the Lease is served, not sent into backoff."""
+    ours = await _elector(PodMateLeases(holder="controller-0"), "controller-0")
+    assert not ours.is_leader()  # no renewal round has run yet
+    assert await ours.confirm()
+    theirs = await _elector(PodMateLeases(holder="controller-1"), "controller-0")
+    assert not await theirs.confirm()
