@@ -55,8 +55,12 @@ def test_helm_install_on_the_real_node(node: NodeCluster) -> None:
         helm(node, "install", "device-localpv", str(CHART), "-n", NAMESPACE, "--create-namespace", "-f", f.name)
     try:
         node.wait_driver_ready()
-        ctl = node.real.get("deploy", "openebs-device-controller", namespace=NAMESPACE)
-        assert ctl["status"]["availableReplicas"] == 1
+
+        def available() -> object:
+            status = node.real.get("deploy", "openebs-device-controller", namespace=NAMESPACE)["status"]
+            return status.get("availableReplicas") == status.get("replicas") == 1
+
+        wait_for("one controller replica available", available, 120)
         registered = node.csinode_driver()
         assert registered is not None and registered["nodeID"] == NODE
         sc = node.real.get("storageclass", "helm-xfs", namespace=None)
