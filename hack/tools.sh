@@ -71,7 +71,7 @@ build_csi_sanity() {
 
 # The provisioner's go.mod carries replace directives: copy them (versioned ones only) into a scratch module.
 build_provisioner() {
-  local out; out=$(bin_dir external-provisioner "$EXTERNAL_PROVISIONER_VERSION")
+  local out; out=$(bin_dir external-provisioner "$EXTERNAL_PROVISIONER_VERSION-stripped")
   [[ -x $out/csi-provisioner ]] && return 0
   log "building csi-provisioner $EXTERNAL_PROVISIONER_VERSION"
   local mod=github.com/kubernetes-csi/external-provisioner/v6
@@ -86,7 +86,8 @@ for r in json.load(sys.stdin).get("Replace") or []:
         print("%s=%s@%s" % (r["Old"]["Path"], r["New"]["Path"], r["New"]["Version"]))' |
       while read -r rep; do go mod edit -replace "$rep"; done
     go get "$mod/cmd/csi-provisioner@$EXTERNAL_PROVISIONER_VERSION" >&2
-    go build -o "$out.tmp/csi-provisioner" "$mod/cmd/csi-provisioner" >&2
+    go build -ldflags "-s -w -X main.version=$EXTERNAL_PROVISIONER_VERSION" -o "$out.tmp/csi-provisioner" \
+      "$mod/cmd/csi-provisioner" >&2
   )
   mv "$out.tmp" "$out"; rm -rf "$d"
 }
@@ -121,7 +122,7 @@ case $cmd in
     echo "ETCD_BIN=$(bin_dir etcd "$ETCD_VERSION")/etcd"
     echo "KUBE_BIN_DIR=$(bin_dir kubernetes "$KUBERNETES_VERSION")"
     echo "CSI_SANITY_BIN=$(bin_dir csi-test "$CSI_TEST_VERSION")/csi-sanity"
-    echo "CSI_PROVISIONER_BIN=$(bin_dir external-provisioner "$EXTERNAL_PROVISIONER_VERSION")/csi-provisioner"
+    echo "CSI_PROVISIONER_BIN=$(bin_dir external-provisioner "$EXTERNAL_PROVISIONER_VERSION-stripped")/csi-provisioner"
     echo "HELM_BIN=$(bin_dir helm "$HELM_VERSION")/helm" ;;
   csi-proto) csi_proto ;;
   kubelet-proto) kubelet_proto ;;
