@@ -50,6 +50,7 @@ class Settings:
     lease_seconds: float
     identity: str
     registration_dir: str | None
+    lease_writer: str  # "driver": elect on the Lease; "sidecar": follow the Lease csi-provisioner writes
 
     @property
     def socket_path(self) -> str:
@@ -80,6 +81,7 @@ _ENV: Mapping[str, tuple[str, str]] = {
     "lease_seconds": ("LEASE_SECONDS", "15"),
     "identity": ("POD_NAME", ""),
     "registration_dir": ("KUBELET_REGISTRATION_DIR", ""),
+    "lease_writer": ("LEASE_WRITER", "driver"),
 }
 
 
@@ -109,6 +111,12 @@ def _number(name: str, value: str, kind: type[float] | type[int], minimum: float
     if n < minimum:
         raise SettingsError(f"--{name.replace('_', '-')}: must be >= {minimum}, got {value}")
     return n
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise SettingsError(f"--{name.replace('_', '-')}: expected one of {', '.join(allowed)}, got {value!r}")
+    return value
 
 
 def _flag(name: str, value: str) -> bool:
@@ -163,6 +171,7 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
         lease_seconds=_number("lease_seconds", raw["lease_seconds"], float, 3),
         identity=raw["identity"] or socket.gethostname(),
         registration_dir=opt("registration_dir"),
+        lease_writer=_choice("lease_writer", raw["lease_writer"], ("driver", "sidecar")),
     )
 
 

@@ -106,15 +106,20 @@ class VolumeReconciler:
             await self._kube.patch_volume_status(vol.name, {"conditions": _with(vol, _located(False, "NotFound", msg))})
             return
         disk, entry = found
+        # The disk may have come back under a new name with no partition device nodes yet (no partition scan):
+        # give the kernel this partition before saying Located, or a publish would find no device to mount.
+        part = await self._parts.activate(disk.path, vol.pool, entry.name)
+        if part is None:
+            raise Retry(f"partition {entry.name} vanished from {disk.path} while it was being located")
         placement = Placement(
             disk_guid=disk.guid,
             disk_path=disk.path,
             partition_name=entry.name,
             partition_uuid=entry.uuid,
             partition_number=entry.number,
-            device_path=entry.node,
+            device_path=part.node,
         )
-        msg = f"node {self._node}: {entry.node} on disk {disk.guid}"
+        msg = f"node {self._node}: {part.node} on disk {disk.guid}"
         await self._kube.patch_volume_status(
             vol.name, {**placement_dict(placement), "conditions": _with(vol, _located(True, "PartitionFound", msg))}
         )

@@ -65,10 +65,17 @@ async def run(settings: Settings) -> None:
     elector = None
     if settings.leader_election:
         # The Lease csi-provisioner elects on (its lock name is the driver name made DNS-safe), with the same
-        # identity (the Pod name): the driver and its sidecar lead together, per Pod, so the provisioner that
-        # sends CreateVolume always reaches a driver allowed to serve it. Two Leases could elect different Pods.
+        # identity (the Pod name): beside the sidecar (LEASE_WRITER=sidecar) the driver only follows it, so it leads
+        # exactly while its own Pod's provisioner does. Two Leases could elect different Pods.
         lease_name = re.sub(r"[^a-zA-Z0-9-]", "-", settings.driver_name)
-        elector = LeaseElector(api, settings.namespace, lease_name, settings.identity, settings.lease_seconds)
+        elector = LeaseElector(
+            api,
+            settings.namespace,
+            lease_name,
+            settings.identity,
+            settings.lease_seconds,
+            writer=settings.lease_writer == "driver",
+        )
     nodes.subscribe(DiskFailureEvents(kube, cluster, elector.is_leader if elector else lambda: True).on_node)
     server = await start_server(
         settings.socket_path,

@@ -130,6 +130,18 @@ class PartitionManager:
             entry = named(table, name) or await self._append(disk, table, name, want)
             return await self._activate(disk, table.sector_size, entry)
 
+    async def activate(self, disk_path: str, pool: str, name: str) -> Partition | None:
+        """Make the kernel's view of partition ``name`` current (its device node present, at the table's geometry),
+        as a create does; None when the disk has no such partition. Reads the table, never writes it."""
+        validate_name(name)
+        disk = await asyncio.to_thread(os.path.realpath, disk_path)
+        async with self._locked(disk):
+            table = _require_pool(disk, pool, await self._read(disk))
+            entry = named(table, name)
+            if entry is None:
+                return None
+            return await self._activate(disk, table.sector_size, entry)
+
     async def wipe(self, node: str, *, pool: str | None = None) -> None:
         """Erase signatures and the first/last MiB of a partition (never #1, never a whole disk).
 

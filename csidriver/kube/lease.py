@@ -1,7 +1,8 @@
 """Leader election on a coordination.k8s.io Lease, so that only one controller replica places volumes.
 
-In a cluster the Lease is the one csi-provisioner elects on, written with the same identity (the Pod name) by both
-containers of a Pod: whichever of the two renews, the Pod holds it, and both lead.
+In a cluster the Lease is the one csi-provisioner elects on, under the same identity (the Pod name): the driver
+follows it (writer=False) and leads exactly while its own Pod's sidecar does. Run without the sidecar, the driver
+elects itself (writer=True); a conflicting write by another writer of the same identity still counts as a renewal.
 
 Expiry is judged on this process's own clock: a lease is free once its renewTime has not changed for a whole
 lease duration since we first saw that value, so clock skew between replicas does not matter. A leader that
@@ -27,8 +28,20 @@ def _now() -> datetime.datetime:
 
 
 class LeaseElector:
-    def __init__(self, api: client.ApiClient, namespace: str, name: str, identity: str, duration: float = 15.0) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        namespace: str,
+        name: str,
+        identity: str,
+        duration: float = 15.0,
+        writer: bool = True,
+    ) -> None:
         self._api: Any = client.CoordinationV1Api(api)
+        # writer=False: follow a Lease another process of our Pod writes (csi-provisioner): lead exactly while it
+        # holds it under our identity and keeps renewing it; never write it, so a Pod whose sidecar died or
+        # stopped leading loses the lead with it instead of keeping the Lease alive.
+        self._writer = writer
         self._ns = namespace
         self._name = name
         self.identity = identity
@@ -73,6 +86,8 @@ class LeaseElector:
         except ApiException as e:
             if e.status != 404:
                 raise
+            if not self._writer:
+                return  # nobody leads yet
             await self._api.create_namespaced_lease(self._ns, self._body(0, None))
             self._won()
             return
@@ -82,6 +97,11 @@ class LeaseElector:
         if stamp != self._seen[0]:
             self._seen = (stamp, time.monotonic())
         expired = time.monotonic() - self._seen[1] > (spec.lease_duration_seconds or self._duration)
+        if not self._writer:
+            if mine and not expired:
+                # Renewed by our Pod at the latest when we first saw this renewal.
+                self._renewed_at = max(self._renewed_at, self._seen[1])
+            return
         if not (mine or not spec.holder_identity or expired):
             return
         transitions = (spec.lease_transitions or 0) + (0 if mine else 1)
@@ -110,6 +130,8 @@ class LeaseElector:
         if not self.is_leader():
             return
         self._renewed_at = 0.0
+        if not self._writer:
+            return  # the sidecar hands it over itself
         try:
             lease = await self._api.read_namespaced_lease(self._name, self._ns)
             if lease.spec.holder_identity == self.identity:

@@ -28,13 +28,17 @@ class MigrationError(Exception):
     pass
 
 
-def _retarget(pv: dict[str, Any], node: str) -> dict[str, Any]:
-    meta = pv["metadata"]
-    spec = json.loads(json.dumps(pv["spec"]))
+def _set_node(spec: dict[str, Any], node: str) -> None:
     for term in spec.get("nodeAffinity", {}).get("required", {}).get("nodeSelectorTerms", []):
         for expr in term.get("matchExpressions", []):
             if expr.get("key") == c.TOPOLOGY_KEY:
                 expr["values"] = [node]
+
+
+def _retarget(pv: dict[str, Any], node: str) -> dict[str, Any]:
+    meta = pv["metadata"]
+    spec = json.loads(json.dumps(pv["spec"]))
+    _set_node(spec, node)
     if spec.get("claimRef"):
         spec["claimRef"] = {
             k: spec["claimRef"][k] for k in ("apiVersion", "kind", "namespace", "name", "uid") if k in spec["claimRef"]
@@ -131,6 +135,9 @@ async def _move_pv(kube: Kube, name: str, target: str, raw: dict[str, Any], dry_
     plan = json.loads(saved) if saved else (_retarget(pv, target) if pv is not None else None)
     if plan is None:
         return ["no PersistentVolume for this volume: nothing to rewrite"]
+    # A plan saved by an interrupted run keeps the original reclaim policy and claim binding, but the node is the
+    # one asked for now: a run interrupted on its way to another node must not send Pods there.
+    _set_node(plan["body"]["spec"], target)
     if pv is not None and _pv_node(pv) != target:
         steps.append(f"recreate PV {name} with node affinity {target} (Retain while it is rewritten)")
         if not dry_run:

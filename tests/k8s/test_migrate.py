@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -89,6 +90,76 @@ def test_migrate_moved_disk(kube: KubeCluster) -> None:
         # Put the disk back where the other tests expect it, and the volume with it.
         kube.set_disks("node-1", node1_disks)
         kube.set_disks("node-2", [moved])
+        _node_sees(kube, "node-2", guid)
+        plugin(kube, "migrate", pv, "--to", "node-2")
+        delete_pvcs(kube, [claim])
+
+
+def test_a_plan_saved_by_an_interrupted_run_follows_the_new_target(kube: KubeCluster) -> None:
+    """A run `--to node-3` interrupted right after it saved its PV plan, then `--to node-1`: the PV must be recreated
+    with node-1 affinity (the node now asked for and now owning the DeviceVolume), never node-3."""
+    from csidriver.plugin.migrate import SAVED_PV, _retarget
+
+    storage_class(kube, "mig2", nodes=["node-2"])
+    claim = f"m-{uuid.uuid4().hex[:8]}"
+    create_pvcs(kube, [pvc_body(claim, "mig2", 16 * MIB)])
+    pv = wait_bound(kube, [claim])[claim]["spec"]["volumeName"]
+    moved = kube.nodes["node-2"].disks[0]
+    guid = kube.get("devicevolume", pv, namespace="openebs")["status"]["diskGUID"]
+    node1_disks = list(kube.nodes["node-1"].disks)
+    try:
+        kube.set_disks("node-2", [])
+        kube.set_disks("node-1", [*node1_disks, moved])
+        _node_sees(kube, "node-1", guid)
+        stale = _retarget(kube.get("pv", pv, namespace=None), "node-3")
+        patch = json.dumps({"metadata": {"annotations": {SAVED_PV: json.dumps(stale)}}})
+        kube.api.kubectl("patch", "devicevolume", pv, "-n", "openebs", "--type=merge", "-p", patch)
+
+        assert "node affinity node-1" in plugin(kube, "migrate", pv, "--to", "node-1", "--dry-run")
+        plugin(kube, "migrate", pv, "--to", "node-1")
+        pvc = wait_bound(kube, [claim])[claim]
+        assert pv_node(kube, pvc) == "node-1", "the PV follows a stale plan, not --to"
+        assert kube.get("devicevolume", pv, namespace="openebs")["spec"]["ownerNodeID"] == "node-1"
+        assert kube.get("pv", pv, namespace=None)["spec"]["persistentVolumeReclaimPolicy"] == "Delete"
+        assert SAVED_PV not in (kube.get("devicevolume", pv, namespace="openebs")["metadata"].get("annotations") or {})
+    finally:
+        kube.set_disks("node-1", node1_disks)
+        kube.set_disks("node-2", [moved])
+        _node_sees(kube, "node-2", guid)
+        plugin(kube, "migrate", pv, "--to", "node-2")
+        delete_pvcs(kube, [claim])
+
+
+def test_a_disk_back_under_a_new_name_without_partition_nodes(kube: KubeCluster) -> None:
+    """The moved disk appears on node-1 under a new name and the kernel has not scanned its partitions (no device
+    node for the volume). The agent must create it before it says Located, so that a publish after `migrate`
+    works instead of answering NOT_FOUND."""
+    from tests.harness.disks import LoopDisk, run
+
+    storage_class(kube, "mig3", nodes=["node-2"])
+    claim = f"m-{uuid.uuid4().hex[:8]}"
+    create_pvcs(kube, [pvc_body(claim, "mig3", 16 * MIB)])
+    pv = wait_bound(kube, [claim])[claim]["spec"]["volumeName"]
+    _io(kube, "node-2", pv, write="written before the move")
+    old = kube.nodes["node-2"].disks[0]
+    guid = kube.get("devicevolume", pv, namespace="openebs")["status"]["diskGUID"]
+    node1_disks = list(kube.nodes["node-1"].disks)
+    kube.set_disks("node-2", [])
+    run("losetup", "--detach", old.device)
+    # Attached again without --partscan: the disk has a new name and no partition device nodes.
+    renamed = LoopDisk(old.image, run("losetup", "--find", "--show", str(old.image)).strip())
+    kube.disks.disks[kube.disks.disks.index(old)] = renamed
+    assert not [p for p in os.listdir("/sys/class/block") if p.startswith(renamed.name + "p")]
+    try:
+        kube.set_disks("node-1", [*node1_disks, renamed])
+        _node_sees(kube, "node-1", guid)
+        plugin(kube, "migrate", pv, "--to", "node-1")
+        device = kube.get("devicevolume", pv, namespace="openebs")["status"]["devicePath"]
+        assert device.startswith(renamed.device) and os.path.exists(device), device
+        assert _io(kube, "node-1", pv) == "written before the move"
+    finally:
+        kube.set_disks("node-1", node1_disks)
+        kube.set_disks("node-2", [renamed])
         _node_sees(kube, "node-2", guid)
         plugin(kube, "migrate", pv, "--to", "node-2")
         delete_pvcs(kube, [claim])

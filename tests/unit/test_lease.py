@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 from typing import Any
 
@@ -41,9 +42,9 @@ class PodMateLeases:
         raise ApiException(status=409, reason="Conflict")
 
 
-async def _elector(leases: PodMateLeases, identity: str) -> LeaseElector:
+async def _elector(leases: Any, identity: str, writer: bool = True, duration: float = 15) -> LeaseElector:
     api = client.ApiClient()
-    elector = LeaseElector(api, "openebs", "device-csi-openebs-io", identity, 15)
+    elector = LeaseElector(api, "openebs", "device-csi-openebs-io", identity, duration, writer=writer)
     await api.close()  # never used: requests go to the fake below
     elector._api = leases  # the API server's side, as the pod-mate makes it behave
     return elector
@@ -74,3 +75,39 @@ async def test_confirm_reads_the_lease_before_refusing() -> None:
     assert await ours.confirm()
     theirs = await _elector(PodMateLeases(holder="controller-1"), "controller-0")
     assert not await theirs.confirm()
+
+
+class FrozenLease(PodMateLeases):
+    """A Lease whose holder stopped renewing: the same renewTime on every read."""
+
+    def __init__(self, holder: str) -> None:
+        super().__init__(holder)
+        self.frozen = self._lease()
+
+    async def read_namespaced_lease(self, name: str, namespace: str) -> Any:
+        return self.frozen
+
+
+async def test_follower_leads_while_its_sidecar_renews_and_never_writes() -> None:
+    leases = PodMateLeases(holder="controller-0")
+    follower = await _elector(leases, "controller-0", writer=False)
+    assert await follower.confirm()
+    for _ in range(3):
+        await follower._attempt()
+    assert follower.is_leader() and leases.writes == 0
+    await follower.release()
+    assert leases.writes == 0  # handing the Lease over is the sidecar's job
+
+
+async def test_follower_steps_down_when_its_sidecar_stops_renewing() -> None:
+    follower = await _elector(FrozenLease(holder="controller-0"), "controller-0", writer=False, duration=0.3)
+    await follower._attempt()
+    assert follower.is_leader()  # a renewal first seen now is fresh for one lease duration
+    await asyncio.sleep(0.4)
+    await follower._attempt()
+    assert not follower.is_leader(), "a dead sidecar's Lease must not keep this Pod leading"
+
+
+async def test_follower_of_another_pods_lease_does_not_lead() -> None:
+    follower = await _elector(PodMateLeases(holder="controller-1"), "controller-0", writer=False)
+    assert not await follower.confirm()
