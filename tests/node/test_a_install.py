@@ -9,8 +9,12 @@ from tests.harness.workloads import NAMESPACE, TOPOLOGY_KEY, NodeCluster
 
 
 def test_workloads_ready_and_plugin_registered(node: NodeCluster) -> None:
-    ctl = node.real.get("deploy", "openebs-device-controller", namespace=NAMESPACE)
-    assert ctl["status"].get("availableReplicas") == 2
+    def available() -> object:
+        return node.real.get("deploy", "openebs-device-controller", namespace=NAMESPACE)["status"].get(
+            "availableReplicas"
+        )
+
+    assert wait_for("two controller replicas available", lambda: available() == 2, 60)
     ds = node.real.get("ds", "openebs-device-node", namespace=NAMESPACE)
     assert ds["status"]["numberReady"] == ds["status"]["desiredNumberScheduled"] == 1
 
@@ -19,17 +23,26 @@ def test_workloads_ready_and_plugin_registered(node: NodeCluster) -> None:
     assert registered["nodeID"] == NODE
     assert TOPOLOGY_KEY in registered["topologyKeys"]
 
-    # One Lease, shared by each Pod's driver and csi-provisioner, held by one controller Pod.
-    leases = json.loads(node.kubectl("get", "lease", "-n", NAMESPACE, "-o", "json"))["items"]
-    assert [item["metadata"]["name"] for item in leases] == ["device-csi-openebs-io"]
-    assert leases[0]["spec"]["holderIdentity"] in node.controller_pods()
+    # One Lease, written by the leading Pod's csi-provisioner and followed by its driver.
+    def holder() -> object:
+        leases = json.loads(node.kubectl("get", "lease", "-n", NAMESPACE, "-o", "json"))["items"]
+        assert [item["metadata"]["name"] for item in leases] in ([], ["device-csi-openebs-io"]), leases
+        return leases and leases[0]["spec"].get("holderIdentity")
+
+    assert wait_for("a controller Pod leads", holder, 60) in node.controller_pods()
 
 
 def test_container_logs_are_readable(node: NodeCluster) -> None:
     agent = node.agent_pod()
-    log = node.logs(agent, NAMESPACE, "device-driver")
-    assert f"agent for node {NODE} serving on" in log
-    assert "kubelet registered the plugin device.csi.openebs.io" in log
+    # kubelet updates CSINode before it notifies the plugin: the log line may follow by a moment.
+    registered = "kubelet registered the plugin device.csi.openebs.io"
+
+    def logged() -> str | None:
+        text = node.logs(agent, NAMESPACE, "device-driver")
+        return text if registered in text else None
+
+    log = wait_for("registration logged", logged, 30)
+    assert f"agent for node {NODE} serving on" in str(log)
     for pod in node.controller_pods():
         assert "controller serving on" in node.logs(pod, NAMESPACE, "device-driver")
         assert node.logs(pod, NAMESPACE, "csi-provisioner").strip()
