@@ -3,6 +3,7 @@
 nodes | volumes [-o table|wide|json|yaml]
 init-disk DEVICE --pool NAME [--force] [--dry-run]     run on the node that holds the disk
 cordon-disk | uncordon-disk NODE DISK_GUID [--dry-run]
+migrate VOLUME --to NODE [--dry-run]                    after the volume's disk was moved to NODE
 release-node NODE --reason TEXT [--force] [--dry-run]   a node that is gone for good
 """
 
