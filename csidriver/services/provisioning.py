@@ -137,6 +137,12 @@ class Provisioner:
 
     def _choose(self, pool: str, size: int, req: CreateRequest, policy: Any) -> str:
         states = self._candidates(req)
+        if req.requisite and not states:
+            wanted = "; ".join(",".join(f"{k}={v}" for k, v in sorted(seg.items())) for seg in req.requisite)
+            raise ResourceExhausted(
+                f"no node of the requested topology ({wanted}) runs the driver: no DeviceNode reports from it"
+                " (a released node, or its agent is not running)"
+            )
         for node in self._preferred(req, [st.node for st in states]) if req.preferred else ():
             if fits(self._cluster.node_state(node), pool, size):
                 return node

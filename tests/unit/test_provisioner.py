@@ -109,6 +109,9 @@ async def test_topology(env: tuple[Provisioner, FakeStore]) -> None:
     assert vol.node == "b"
     with pytest.raises(ResourceExhausted, match="requested topology"):
         await prov.create(request("none", MIB, requisite=({"openebs.io/nodename": "c"},)))
+    # A node with no DeviceNode at all (released, or no agent): say so, not "largest free extent is 0 bytes".
+    with pytest.raises(ResourceExhausted, match=r"openebs.io/nodename=gone\) runs the driver: no DeviceNode"):
+        await prov.create(request("gone", MIB, requisite=({"openebs.io/nodename": "gone"},)))
     # A preferred node that cannot fit is skipped, never chosen.
     vol = await prov.create(request("skip", 70 * MIB, preferred=({"openebs.io/nodename": "b"},)))
     assert vol.node == "a"
