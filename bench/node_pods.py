@@ -135,12 +135,13 @@ def clean(cluster: NodeCluster) -> None:
     wait_for("every DeviceVolume gone", lambda: not cluster.kubectl("get", "devicevolume", "-A", "-o", "name"), 300)
 
 
-def _cgroup(controller: str, cluster: NodeCluster, pod_name: str, container: str) -> str:
+def _cgroup(controller: str, cluster: NodeCluster, pod_name: str, container: str) -> str | None:
+    """The container's cgroup directory; None while it is (re)starting."""
     pod = cluster.real.get("pod", pod_name, namespace=NAMESPACE)
     status = next(c for c in pod["status"]["containerStatuses"] if c["name"] == container)
-    cid = status["containerID"].split("://", 1)[1]
-    (path,) = glob.glob(f"/sys/fs/cgroup/{controller}/kubepods/**/{cid}", recursive=True)
-    return path
+    cid = (status.get("containerID") or "://").split("://", 1)[1]
+    found = glob.glob(f"/sys/fs/cgroup/{controller}/kubepods/**/{cid}", recursive=True) if cid else []
+    return found[0] if found else None
 
 
 def cpu_seconds(cluster: NodeCluster) -> dict[str, float]:
@@ -150,6 +151,8 @@ def cpu_seconds(cluster: NodeCluster) -> dict[str, float]:
         role = pod["metadata"]["labels"].get("app.kubernetes.io/component", "?")
         for c in pod["status"].get("containerStatuses", []):
             path = _cgroup("cpuacct", cluster, pod["metadata"]["name"], c["name"])
+            if path is None:
+                continue
             key = f"{role}/{c['name']}"
             out[key] = out.get(key, 0.0) + int(Path(path, "cpuacct.usage").read_text()) / 1e9
     return out
@@ -158,6 +161,7 @@ def cpu_seconds(cluster: NodeCluster) -> dict[str, float]:
 def agent_memory(cluster: NodeCluster) -> tuple[float, float]:
     """(usage, working set) in MiB of the agent's driver container, from its memory cgroup (v1)."""
     path = _cgroup("memory", cluster, cluster.agent_pod(), "device-driver")
+    assert path is not None, "the agent container is not running"
     usage = int(Path(path, "memory.usage_in_bytes").read_text())
     stat = dict(line.split() for line in Path(path, "memory.stat").read_text().splitlines())
     working = usage - int(stat.get("total_inactive_file", 0))

@@ -35,6 +35,7 @@ from tests.harness.tools import ROOT, Tools
 
 NODE = "dlpv-node"
 BRIDGE = "dlpv0"
+BRIDGE_MAC = "02:64:6c:70:76:01"  # locally administered
 GATEWAY = "10.200.0.1"  # the host on the pod bridge: kubelet's node IP
 POD_CIDR = "10.200.0.0/24"
 SERVICE_CIDR = "10.201.0.0/24"
@@ -112,6 +113,10 @@ class PodNetwork:
     def up(self) -> None:
         self.down()
         run("ip", "link", "add", BRIDGE, "type", "bridge")
+        # A fixed address: otherwise the bridge takes the lowest address of its ports, so it changes as Pods come
+        # and go, and Pods keep sending to the gateway's old address until their ARP entries expire (seconds of
+        # lost traffic to the API server under a burst of Pods).
+        run("ip", "link", "set", BRIDGE, "address", BRIDGE_MAC)
         run("ip", "addr", "add", f"{GATEWAY}/24", "dev", BRIDGE)
         run("ip", "link", "set", BRIDGE, "up")
         # A second host address on the bridge (this kernel has no dummy links): local to the host, so a Pod's
