@@ -140,6 +140,24 @@ async def cmd_release(kube: Kube, args: argparse.Namespace) -> int:
         return 1
     volumes = [volume_from_dict(v) for v in await kube.list_volumes()]
     mine = [v for v in volumes if v.owner_node == args.node]
+    # A volume whose disk another node's agent reports is not lost: it was moved. Releasing it would delete its
+    # object and orphan its partition on that disk, so it must be migrated first (--force does not override this).
+    elsewhere: dict[str, str] = {}
+    for raw_node in await kube.list_device_nodes():
+        other = node_from_dict(raw_node)
+        if other.name != args.node:
+            for d in other.devices:
+                if d.healthy:
+                    elsewhere[d.uuid.upper()] = other.name
+    moved = [(v, elsewhere[v.placement.disk_guid.upper()]) for v in mine if v.placement.disk_guid.upper() in elsewhere]
+    if moved:
+        for v, to in moved:
+            print(
+                f"error: {v.name} is not lost: its disk {v.placement.disk_guid} is on node {to}; "
+                f"run `kubectl device-localpv migrate {v.name} --to {to}` first",
+                file=sys.stderr,
+            )
+        return 1
     who = getpass.getuser()
     for v in mine:
         print(f"{'would release' if args.dry_run else 'releasing'} {v.name} ({v.capacity} bytes, pool {v.pool})")

@@ -163,3 +163,36 @@ def test_a_disk_back_under_a_new_name_without_partition_nodes(kube: KubeCluster)
         _node_sees(kube, "node-2", guid)
         plugin(kube, "migrate", pv, "--to", "node-2")
         delete_pvcs(kube, [claim])
+
+
+def test_release_node_refuses_while_a_volume_of_it_lives_on_another_node(kube: KubeCluster) -> None:
+    """node-2's disk was moved to node-1 but its volume not migrated yet: releasing node-2 would delete the volume's
+    object and orphan its partition on the moved disk. release-node (and its dry run) refuses and says what to do."""
+    storage_class(kube, "mig4", nodes=["node-2"])
+    claim = f"m-{uuid.uuid4().hex[:8]}"
+    create_pvcs(kube, [pvc_body(claim, "mig4", 16 * MIB)])
+    pv = wait_bound(kube, [claim])[claim]["spec"]["volumeName"]
+    moved = kube.nodes["node-2"].disks[0]
+    guid = kube.get("devicevolume", pv, namespace="openebs")["status"]["diskGUID"]
+    node1_disks = list(kube.nodes["node-1"].disks)
+    argv = [sys.executable, "-m", "csidriver.plugin.cli", "--kubeconfig", kube.api.identities["admin"].kubeconfig]
+    try:
+        kube.set_disks("node-2", [])
+        kube.set_disks("node-1", [*node1_disks, moved])
+        _node_sees(kube, "node-1", guid)
+        for extra in (["--dry-run"], []):
+            done = subprocess.run(
+                [*argv, "release-node", "node-2", "--reason", "moved", "--force", *extra],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            assert done.returncode == 1, done.stdout + done.stderr
+            assert f"migrate {pv} --to node-1" in done.stderr, done.stderr
+        assert kube.get("devicevolume", pv, namespace="openebs")["spec"]["ownerNodeID"] == "node-2"
+        assert kube.api.kubectl("get", "devicenode", "node-2", "-n", "openebs", "-o", "name").strip()
+    finally:
+        kube.set_disks("node-1", node1_disks)
+        kube.set_disks("node-2", [moved])
+        _node_sees(kube, "node-2", guid)
+        delete_pvcs(kube, [claim])
