@@ -84,6 +84,13 @@ def wait_for(what: str, check: Callable[[], object], timeout: float, interval: f
     raise TimeoutError(f"{what}: not done after {timeout}s (last: {last!r})")
 
 
+def kill_with_children(pid: str) -> None:
+    """SIGKILL a process and its direct children (a containerd shim and the container it runs)."""
+    for victim in [*run("pgrep", "-P", pid, check=False).stdout.split(), pid]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(victim), signal.SIGKILL)
+
+
 def mounts_under(prefix: str) -> list[str]:
     """Mount points at or below `prefix`, deepest first (as /proc/self/mountinfo lists them)."""
     found = []
@@ -204,19 +211,9 @@ state = "{self.state}"
         for line in run("pgrep", "-af", "containerd-shim", check=False).stdout.splitlines():
             pid, _, cmd = line.partition(" ")
             if str(self.socket) in cmd:
-                shim_children = run("pgrep", "-P", pid, check=False).stdout.split()
-                for child in shim_children:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(int(child), signal.SIGKILL)
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
+                kill_with_children(pid)
         if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_all([self.proc])
         unmount_all(str(self.state))
         unmount_all(str(self.root))
 
@@ -275,12 +272,7 @@ class Kubelet:
     def stop(self) -> None:
         if self.proc is None:
             return
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_all([self.proc], 20)
         self.proc = None
 
     def restart(self) -> None:
@@ -306,11 +298,7 @@ def clean_stale_node() -> None:
     stale = json.loads(MARKER.read_text())
     workdir, disks = stale["workdir"], stale["disks"]
     for pid in run("pgrep", "-f", workdir, check=False).stdout.split():
-        for child in run("pgrep", "-P", pid, check=False).stdout.split():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(child), signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(int(pid), signal.SIGKILL)
+        kill_with_children(pid)
     time.sleep(1)
     for netns in Path("/var/run/netns").glob("cni-*"):
         run("ip", "netns", "delete", netns.name, check=False)

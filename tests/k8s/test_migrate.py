@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -95,91 +97,83 @@ def test_migrate_moved_disk(kube: KubeCluster) -> None:
         delete_pvcs(kube, [claim])
 
 
+@contextlib.contextmanager
+def _volume_on_moved_disk(
+    kube: KubeCluster, sc: str, write: str | None = None, rename: bool = False
+) -> Iterator[tuple[str, Any]]:
+    """A 16 MiB volume on node-2 whose disk is then moved to node-1 (re-attached under a new name and without a
+    partition scan when `rename`); yields (PV name, the disk). Afterwards the disk and the volume go back to
+    node-2 and the claim is deleted."""
+    from tests.harness.disks import LoopDisk, run
+
+    storage_class(kube, sc, nodes=["node-2"])
+    claim = f"m-{uuid.uuid4().hex[:8]}"
+    create_pvcs(kube, [pvc_body(claim, sc, 16 * MIB)])
+    pv = wait_bound(kube, [claim])[claim]["spec"]["volumeName"]
+    if write is not None:
+        _io(kube, "node-2", pv, write=write)
+    disk = kube.nodes["node-2"].disks[0]
+    guid = kube.get("devicevolume", pv, namespace="openebs")["status"]["diskGUID"]
+    node1_disks = list(kube.nodes["node-1"].disks)
+    kube.set_disks("node-2", [])
+    if rename:
+        run("losetup", "--detach", disk.device)
+        # Attached again without --partscan: the disk has a new name and no partition device nodes.
+        renamed = LoopDisk(disk.image, run("losetup", "--find", "--show", str(disk.image)).strip())
+        kube.disks.disks[kube.disks.disks.index(disk)] = renamed
+        disk = renamed
+        assert not [p for p in os.listdir("/sys/class/block") if p.startswith(disk.name + "p")]
+    try:
+        kube.set_disks("node-1", [*node1_disks, disk])
+        _node_sees(kube, "node-1", guid)
+        yield pv, disk
+    finally:
+        kube.set_disks("node-1", node1_disks)
+        kube.set_disks("node-2", [disk])
+        _node_sees(kube, "node-2", guid)
+        if kube.get("devicevolume", pv, namespace="openebs")["spec"]["ownerNodeID"] != "node-2":
+            plugin(kube, "migrate", pv, "--to", "node-2")
+        delete_pvcs(kube, [claim])
+
+
 def test_a_plan_saved_by_an_interrupted_run_follows_the_new_target(kube: KubeCluster) -> None:
     """A run `--to node-3` interrupted right after it saved its PV plan, then `--to node-1`: the PV must be recreated
     with node-1 affinity (the node now asked for and now owning the DeviceVolume), never node-3."""
     from csidriver.plugin.migrate import SAVED_PV, _retarget
 
-    storage_class(kube, "mig2", nodes=["node-2"])
-    claim = f"m-{uuid.uuid4().hex[:8]}"
-    create_pvcs(kube, [pvc_body(claim, "mig2", 16 * MIB)])
-    pv = wait_bound(kube, [claim])[claim]["spec"]["volumeName"]
-    moved = kube.nodes["node-2"].disks[0]
-    guid = kube.get("devicevolume", pv, namespace="openebs")["status"]["diskGUID"]
-    node1_disks = list(kube.nodes["node-1"].disks)
-    try:
-        kube.set_disks("node-2", [])
-        kube.set_disks("node-1", [*node1_disks, moved])
-        _node_sees(kube, "node-1", guid)
+    with _volume_on_moved_disk(kube, "mig2") as (pv, _):
         stale = _retarget(kube.get("pv", pv, namespace=None), "node-3")
         patch = json.dumps({"metadata": {"annotations": {SAVED_PV: json.dumps(stale)}}})
         kube.api.kubectl("patch", "devicevolume", pv, "-n", "openebs", "--type=merge", "-p", patch)
 
         assert "node affinity node-1" in plugin(kube, "migrate", pv, "--to", "node-1", "--dry-run")
         plugin(kube, "migrate", pv, "--to", "node-1")
+        pv_obj = kube.get("pv", pv, namespace=None)
+        claim = pv_obj["spec"]["claimRef"]["name"]
         pvc = wait_bound(kube, [claim])[claim]
         assert pv_node(kube, pvc) == "node-1", "the PV follows a stale plan, not --to"
-        assert kube.get("devicevolume", pv, namespace="openebs")["spec"]["ownerNodeID"] == "node-1"
-        assert kube.get("pv", pv, namespace=None)["spec"]["persistentVolumeReclaimPolicy"] == "Delete"
-        assert SAVED_PV not in (kube.get("devicevolume", pv, namespace="openebs")["metadata"].get("annotations") or {})
-    finally:
-        kube.set_disks("node-1", node1_disks)
-        kube.set_disks("node-2", [moved])
-        _node_sees(kube, "node-2", guid)
-        plugin(kube, "migrate", pv, "--to", "node-2")
-        delete_pvcs(kube, [claim])
+        dv = kube.get("devicevolume", pv, namespace="openebs")
+        assert dv["spec"]["ownerNodeID"] == "node-1"
+        assert pv_obj["spec"]["persistentVolumeReclaimPolicy"] == "Delete"
+        assert SAVED_PV not in (dv["metadata"].get("annotations") or {})
 
 
 def test_a_disk_back_under_a_new_name_without_partition_nodes(kube: KubeCluster) -> None:
     """The moved disk appears on node-1 under a new name and the kernel has not scanned its partitions (no device
     node for the volume). The agent must create it before it says Located, so that a publish after `migrate`
     works instead of answering NOT_FOUND."""
-    from tests.harness.disks import LoopDisk, run
-
-    storage_class(kube, "mig3", nodes=["node-2"])
-    claim = f"m-{uuid.uuid4().hex[:8]}"
-    create_pvcs(kube, [pvc_body(claim, "mig3", 16 * MIB)])
-    pv = wait_bound(kube, [claim])[claim]["spec"]["volumeName"]
-    _io(kube, "node-2", pv, write="written before the move")
-    old = kube.nodes["node-2"].disks[0]
-    guid = kube.get("devicevolume", pv, namespace="openebs")["status"]["diskGUID"]
-    node1_disks = list(kube.nodes["node-1"].disks)
-    kube.set_disks("node-2", [])
-    run("losetup", "--detach", old.device)
-    # Attached again without --partscan: the disk has a new name and no partition device nodes.
-    renamed = LoopDisk(old.image, run("losetup", "--find", "--show", str(old.image)).strip())
-    kube.disks.disks[kube.disks.disks.index(old)] = renamed
-    assert not [p for p in os.listdir("/sys/class/block") if p.startswith(renamed.name + "p")]
-    try:
-        kube.set_disks("node-1", [*node1_disks, renamed])
-        _node_sees(kube, "node-1", guid)
+    with _volume_on_moved_disk(kube, "mig3", write="written before the move", rename=True) as (pv, disk):
         plugin(kube, "migrate", pv, "--to", "node-1")
         device = kube.get("devicevolume", pv, namespace="openebs")["status"]["devicePath"]
-        assert device.startswith(renamed.device) and os.path.exists(device), device
+        assert device.startswith(disk.device) and os.path.exists(device), device
         assert _io(kube, "node-1", pv) == "written before the move"
-    finally:
-        kube.set_disks("node-1", node1_disks)
-        kube.set_disks("node-2", [renamed])
-        _node_sees(kube, "node-2", guid)
-        plugin(kube, "migrate", pv, "--to", "node-2")
-        delete_pvcs(kube, [claim])
 
 
 def test_release_node_refuses_while_a_volume_of_it_lives_on_another_node(kube: KubeCluster) -> None:
     """node-2's disk was moved to node-1 but its volume not migrated yet: releasing node-2 would delete the volume's
     object and orphan its partition on the moved disk. release-node (and its dry run) refuses and says what to do."""
-    storage_class(kube, "mig4", nodes=["node-2"])
-    claim = f"m-{uuid.uuid4().hex[:8]}"
-    create_pvcs(kube, [pvc_body(claim, "mig4", 16 * MIB)])
-    pv = wait_bound(kube, [claim])[claim]["spec"]["volumeName"]
-    moved = kube.nodes["node-2"].disks[0]
-    guid = kube.get("devicevolume", pv, namespace="openebs")["status"]["diskGUID"]
-    node1_disks = list(kube.nodes["node-1"].disks)
     argv = [sys.executable, "-m", "csidriver.plugin.cli", "--kubeconfig", kube.api.identities["admin"].kubeconfig]
-    try:
-        kube.set_disks("node-2", [])
-        kube.set_disks("node-1", [*node1_disks, moved])
-        _node_sees(kube, "node-1", guid)
+    with _volume_on_moved_disk(kube, "mig4") as (pv, _):
         for extra in (["--dry-run"], []):
             done = subprocess.run(
                 [*argv, "release-node", "node-2", "--reason", "moved", "--force", *extra],
@@ -191,8 +185,3 @@ def test_release_node_refuses_while_a_volume_of_it_lives_on_another_node(kube: K
             assert f"migrate {pv} --to node-1" in done.stderr, done.stderr
         assert kube.get("devicevolume", pv, namespace="openebs")["spec"]["ownerNodeID"] == "node-2"
         assert kube.api.kubectl("get", "devicenode", "node-2", "-n", "openebs", "-o", "name").strip()
-    finally:
-        kube.set_disks("node-1", node1_disks)
-        kube.set_disks("node-2", [moved])
-        _node_sees(kube, "node-2", guid)
-        delete_pvcs(kube, [claim])
