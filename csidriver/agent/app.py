@@ -19,7 +19,7 @@ from csidriver.agent.reporter import NodeReporter
 from csidriver.agent.volumes import VolumeReconciler
 from csidriver.agent.workqueue import WorkQueue
 from csidriver.api import constants as c
-from csidriver.api.objects import cordoned_disks
+from csidriver.api.objects import cordoned_disks, volume_from_dict
 from csidriver.config import Settings
 from csidriver.csi import csi_pb2_grpc
 from csidriver.host import DiskInventory, Filesystems, Mounter, PartitionManager, Runner
@@ -145,10 +145,16 @@ async def run(settings: Settings) -> None:
                 # Only now: kubelet calls NodeGetInfo right after registering and copies the topology keys
                 # into CSINode, so they must be complete.
                 registrar = await _register_with_kubelet(settings, registration)
-            reporter = NodeReporter(kube, inventory, settings.node_id, topology, owner, settings.resync_seconds)
+            informer = kube.volume_informer(settings.node_id)
+
+            def held() -> set[str]:
+                return {volume_from_dict(v).placement.disk_guid.upper() for v in informer.cache.values()} - {""}
+
+            reporter = NodeReporter(
+                kube, inventory, settings.node_id, topology, owner, settings.resync_seconds, held=held
+            )
             reporter_box.append(reporter)
             metrics.add_collector(lambda: _disk_metrics(reporter))
-            informer = kube.volume_informer(settings.node_id)
             brake = DeletionBrake(settings.max_deletions, settings.deletion_window_seconds)
             metrics.add_collector(lambda: _brake_metrics(brake))
             own_node = kube.node_informer(settings.node_id)
@@ -160,6 +166,13 @@ async def run(settings: Settings) -> None:
             queue = WorkQueue(reconciler.reconcile, settings.workers, "devicevolume")
             wake.append(queue.wake)
             informer.subscribe(lambda name, _old, _new: queue.add(name))
+
+            def left(_name: str, _old: Any, new: Any) -> None:
+                # A volume migrated to another node (or deleted) may have been the last one on a disk that is gone.
+                if new is None and reporter.failed:
+                    reporter.poke()
+
+            informer.subscribe(left)
             metrics.add_collector(lambda: _queue_metrics(queue))
             await _first_scan(reporter)
             tg.create_task(reporter.run())

@@ -2,6 +2,10 @@
 
 Runs right after every partition change (callers await `refresh`), plus a slow jittered resync. Concurrent
 refresh requests coalesce: a caller waits for one scan that started after it asked.
+
+A pool disk that was seen and is now unreadable or gone stays listed (unhealthy, no space) only while a volume of
+this node is placed on it: that is what the operator must act on. Once no volume of this node is on it (its volumes
+were migrated with the disk to another node, or deleted) the row goes, so a disk moved away leaves no stale row.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from csidriver.api import constants as c
@@ -38,13 +42,17 @@ class NodeReporter:
         labels: Mapping[str, str],
         owner: Mapping[str, Any] | None,
         resync_seconds: float,
+        held: Callable[[], set[str]] = set,
     ) -> None:
+        """`held` returns the GPT GUIDs (upper case) of the disks this node's volumes are placed on."""
         self._kube = kube
         self._inventory = inventory
         self._node = node_id
         self._labels = dict(labels)
         self._owner = owner
         self._resync = resync_seconds
+        self._held = held
+        self._poked = False
         self._lock = asyncio.Lock()
         self._started = 0
         self._completed = 0
@@ -77,6 +85,10 @@ class NodeReporter:
             result = await self._inventory.scan_detailed()
             self.disks = list(result.disks)
             healthy = {d.guid for d in self.disks}
+            held = {g.upper() for g in self._held()}
+            for g in [g for g in self._known if g not in healthy and g.upper() not in held]:
+                log.info("pool disk %s is gone and no volume of this node is on it: no longer reported", g)
+                del self._known[g]
             newly = [d for g, d in self._known.items() if g not in healthy and d not in self.failed]
             self.failed = [d for g, d in self._known.items() if g not in healthy]
             self._known.update({d.guid: d for d in self.disks})
@@ -113,6 +125,10 @@ class NodeReporter:
                     return
         raise RuntimeError(f"DeviceNode {self._node}: too many conflicting writers")
 
+    def poke(self) -> None:
+        """Ask for a scan soon (within the health interval), e.g. when a volume left this node."""
+        self._poked = True
+
     def _vanished(self) -> bool:
         """Cheap check, no command run: has a healthy disk's block device disappeared or shrunk to nothing?"""
         for d in self.disks:
@@ -126,6 +142,9 @@ class NodeReporter:
 
     def _changed(self) -> bool:
         """A disk vanished, or a block device or partition table appeared (a disk added while we run)."""
+        if self._poked:
+            self._poked = False
+            return True
         return self._vanished() or self._inventory.block_names() != self._block_names
 
     async def run(self, health_interval: float = 5.0) -> None:

@@ -3,6 +3,7 @@
 nodes | volumes [-o table|wide|json|yaml]
 init-disk DEVICE --pool NAME [--force] [--dry-run]     run on the node that holds the disk
 cordon-disk | uncordon-disk NODE DISK_GUID [--dry-run]
+migrate-disk DISK_GUID --to NODE [--dry-run]            after the disk was moved to NODE: all its volumes
 migrate VOLUME --to NODE [--dry-run]                    after the volume's disk was moved to NODE
 release-node NODE --reason TEXT [--force] [--dry-run]   a node that is gone for good
 """
@@ -26,7 +27,7 @@ from csidriver.host.initdisk import InitDiskRefused, apply_init, plan_init
 from csidriver.host.runner import Runner
 from csidriver.kube.client import make_api_client
 from csidriver.kube.resources import Kube
-from csidriver.plugin.migrate import MigrationError, migrate
+from csidriver.plugin.migrate import MigrationError, migrate, migrate_disk
 
 
 def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -154,7 +155,7 @@ async def cmd_release(kube: Kube, args: argparse.Namespace) -> int:
         for v, to in moved:
             print(
                 f"error: {v.name} is not lost: its disk {v.placement.disk_guid} is on node {to}; "
-                f"run `kubectl device-localpv migrate {v.name} --to {to}` first",
+                f"run `kubectl device-localpv migrate-disk {v.placement.disk_guid} --to {to}` first",
                 file=sys.stderr,
             )
         return 1
@@ -191,6 +192,23 @@ async def cmd_migrate(kube: Kube, args: argparse.Namespace) -> int:
     for step in steps:
         print(("would " if args.dry_run else "done: ") + step)
     print(f"volume {args.volume} {'would be' if args.dry_run else 'is'} served by node {args.to}")
+    return 0
+
+
+async def cmd_migrate_disk(kube: Kube, args: argparse.Namespace) -> int:
+    try:
+        steps, errors = await migrate_disk(kube, args.disk, args.to, args.dry_run)
+    except MigrationError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for step in steps:
+        print(("would " if args.dry_run else "done: ") + step)
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+    if errors:
+        print(f"{len(errors)} volume(s) not migrated; fix the cause and run the same command again", file=sys.stderr)
+        return 1
+    print(f"disk {args.disk.upper()} and its volumes {'would be' if args.dry_run else 'are'} served by node {args.to}")
     return 0
 
 
@@ -234,6 +252,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("volume", help="DeviceVolume (= PV) name")
     s.add_argument("--to", required=True, help="node whose agent now sees the disk")
     s.add_argument("--dry-run", action="store_true")
+    s = sub.add_parser("migrate-disk", help="finish moving every volume of a disk that was moved to another node")
+    s.add_argument("disk", help="GPT disk GUID (see `nodes -o wide`)")
+    s.add_argument("--to", required=True, help="node whose agent now sees the disk")
+    s.add_argument("--dry-run", action="store_true")
     s = sub.add_parser("release-node")
     s.add_argument("node")
     s.add_argument("--reason", required=True, help="recorded in an Event on every released volume")
@@ -258,6 +280,8 @@ async def _main(args: argparse.Namespace) -> int:
             return await cmd_cordon(kube, args, args.command == "cordon-disk")
         if args.command == "migrate":
             return await cmd_migrate(kube, args)
+        if args.command == "migrate-disk":
+            return await cmd_migrate_disk(kube, args)
         return await cmd_release(kube, args)
     finally:
         await api.close()

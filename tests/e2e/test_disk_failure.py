@@ -63,3 +63,39 @@ def test_vanished_disk(cluster: Cluster) -> None:
         agent.stop()
         plugin(cluster, "release-node", NODE, "--reason", "disk test done")
         cluster.api.kubectl("delete", "node", NODE, "--ignore-not-found")
+
+
+def test_gone_disk_is_listed_only_while_a_volume_is_on_it(cluster: Cluster) -> None:
+    """Two disks vanish: the one holding a volume stays listed unhealthy (the operator must act on it); the empty one
+    leaves the DeviceNode, so a disk moved away leaves no stale row behind."""
+    node = "node-gone"
+    cluster.api.add_node(node)
+    held, empty = cluster.disks.pool(POOL, 64), cluster.disks.pool(POOL, 64)
+    agent = cluster.driver.agent(node, [held.device, empty.device])
+    agent.wait_ready()
+
+    def rows() -> dict[str, bool]:
+        dn = json.loads(cluster.api.kubectl("get", "devicenode", "-n", "openebs", node, "-o", "json"))
+        return {d["path"]: d["healthy"] for d in dn["devices"]}
+
+    try:
+        wait_for("both disks reported", lambda: rows() == {held.device: True, empty.device: True})
+        topo = {"openebs.io/nodename": node}
+        name = f"pvc-{uuid.uuid4()}"
+        # The bigger free extent decides nothing here: pin the volume to `held` by cordoning `empty`.
+        guid = next(
+            d["uuid"]
+            for d in json.loads(cluster.api.kubectl("get", "devicenode", "-n", "openebs", node, "-o", "json"))[
+                "devices"
+            ]
+            if d["path"] == empty.device
+        )
+        plugin(cluster, "cordon-disk", node, guid)
+        create(cluster.controller_channel, name, 4 * MIB, requisite=[topo])
+        for disk in (held, empty):
+            subprocess.run(["losetup", "--detach", disk.device], check=True)
+        wait_for("only the disk holding the volume is listed, unhealthy", lambda: rows() == {held.device: False})
+    finally:
+        agent.stop()
+        plugin(cluster, "release-node", node, "--reason", "disk test done")
+        cluster.api.kubectl("delete", "node", node, "--ignore-not-found")

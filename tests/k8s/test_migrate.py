@@ -182,6 +182,7 @@ def test_release_node_refuses_while_a_volume_of_it_lives_on_another_node(kube: K
                 check=False,
             )
             assert done.returncode == 1, done.stdout + done.stderr
-            assert f"migrate {pv} --to node-1" in done.stderr, done.stderr
+            guid = kube.get("devicevolume", pv, namespace="openebs")["status"]["diskGUID"]
+            assert f"{pv} is not lost" in done.stderr and f"migrate-disk {guid} --to node-1" in done.stderr, done.stderr
         assert kube.get("devicevolume", pv, namespace="openebs")["spec"]["ownerNodeID"] == "node-2"
         assert kube.api.kubectl("get", "devicenode", "node-2", "-n", "openebs", "-o", "name").strip()
