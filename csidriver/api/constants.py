@@ -3,7 +3,10 @@
 from typing import Final
 
 GROUP: Final = "local.openebs.io"
-VERSION: Final = "v1alpha1"
+# The version this driver's components read and write (status through the /status subresource). The original's
+# v1alpha1 (status in the main resource) stays served and is the storage version: see crds/devicevolume.yaml.
+VERSION: Final = "v1alpha2"
+ORIGINAL_VERSION: Final = "v1alpha1"
 API_VERSION: Final = f"{GROUP}/{VERSION}"
 VOLUME_PLURAL: Final = "devicevolumes"
 NODE_PLURAL: Final = "devicenodes"

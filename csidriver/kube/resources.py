@@ -54,9 +54,11 @@ class Kube:
         return self._custom.list_namespaced_custom_object(c.GROUP, c.VERSION, self.namespace, c.NODE_PLURAL, **kw)
 
     def volume_informer(self, node: str | None = None) -> Informer:
-        """All volumes of the namespace, or (server-side filtered) only those owned by `node`."""
-        selector = f"{c.NODE_LABEL}={node}" if node else None
-        return Informer(self._list_volumes, what="devicevolumes", label_selector=selector)
+        """All volumes of the namespace, or (server-side filtered) only those owned by `node`. The filter is the
+        CRD's selectable field spec.ownerNodeID, not the node label, which objects the original's controller
+        created lack."""
+        selector = f"spec.ownerNodeID={node}" if node else None
+        return Informer(self._list_volumes, what="devicevolumes", field_selector=selector)
 
     def node_informer(self, name: str | None = None) -> Informer:
         """All DeviceNodes, or (server-side filtered) only the one called `name`."""

@@ -147,23 +147,39 @@ def test_original_driver_volume_is_adopted(cluster: Cluster) -> None:
             "finalizers": ["device.openebs.io/finalizer"],
         },
         "spec": {"ownerNodeID": NODE, "capacity": str(8 * MIB), "devname": POOL},
+        # Written with the object, as the original does through v1alpha1 (no status subresource there).
+        "status": {"state": "Ready"},
     }
     cluster.api.kubectl("apply", "-f", "-", input=json.dumps(body))
-    cluster.api.kubectl(
-        "patch",
-        "devicevolume",
-        "-n",
-        "openebs",
-        f"pvc-{uid}",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        '{"status": {"state": "Ready"}}',
-    )
+    got = json.loads(cluster.api.kubectl("get", "devicevolume", "-n", "openebs", f"pvc-{uid}", "-o", "json"))
+    assert got["status"]["state"] == "Ready"
     target = str(cluster.workdir / "adopted")
     vol = csi_pb2.Volume(volume_id=f"pvc-{uid}", volume_context={"openebs.io/devicename": POOL})
     publish(cluster.node_channel, vol, target)
     assert os.path.ismount(target)
     unpublish(cluster.node_channel, vol.volume_id, target)
     delete(cluster.controller_channel, vol.volume_id)
+    assert uid not in partition_names(cluster)
+
+
+def test_original_pending_volume_is_carved_once(cluster: Cluster) -> None:
+    """A volume as the original's controller writes it before its agent carved it (v1alpha1, status Pending, no node
+    label, no finalizer): our agent sees it (its watch filters on spec.ownerNodeID), carves it once, marks it Ready,
+    and the retried CreateVolume returns it."""
+    uid = str(uuid.uuid4())
+    name = f"pvc-{uid}"
+    body = {
+        "apiVersion": "local.openebs.io/v1alpha1",
+        "kind": "DeviceVolume",
+        "metadata": {"name": name, "namespace": "openebs"},
+        "spec": {"ownerNodeID": NODE, "capacity": str(8 * MIB), "devname": POOL},
+        "status": {"state": "Pending"},
+    }
+    cluster.api.kubectl("create", "-f", "-", input=json.dumps(body))
+    vol = create(cluster.controller_channel, name, 8 * MIB)
+    assert vol.volume_id == name
+    got = devicevolume(cluster, name)
+    assert got["status"]["state"] == "Ready" and "device.openebs.io/finalizer" in got["metadata"]["finalizers"]
+    assert partition_names(cluster).count(uid) == 1
+    delete(cluster.controller_channel, name)
     assert uid not in partition_names(cluster)

@@ -23,7 +23,8 @@ DEPLOY = ROOT / "deploy"
 NAMESPACE = "openebs"
 DRIVER = "device.csi.openebs.io"
 GROUP = "local.openebs.io"
-VERSION = "v1alpha1"
+ORIGINAL = "v1alpha1"  # the original's version: storage, status in the main resource
+VERSION = "v1alpha2"  # this driver's: same schema, status subresource (volumes)
 
 Obj = dict[str, Any]
 
@@ -51,10 +52,10 @@ def _crd(plural: str) -> Obj:
     return _one("CustomResourceDefinition", f"{plural}.{GROUP}")
 
 
-def _version(crd: Obj) -> Obj:
+def _version(crd: Obj, name: str = VERSION) -> Obj:
     versions: list[Obj] = crd["spec"]["versions"]
-    assert len(versions) == 1
-    return versions[0]
+    assert [v["name"] for v in versions] == [ORIGINAL, VERSION]
+    return next(v for v in versions if v["name"] == name)
 
 
 def _schema(crd: Obj) -> Obj:
@@ -150,8 +151,13 @@ def test_crd_names_are_the_original_ones(plural: str, singular: str, kind: str, 
         "singular": singular,
         "shortNames": short,
     }
-    version = _version(crd)
-    assert (version["name"], version["served"], version["storage"]) == (VERSION, True, True)
+    original, ours = _version(crd, ORIGINAL), _version(crd)
+    assert (original["served"], original["storage"]) == (True, True)
+    assert (ours["served"], ours["storage"]) == (True, False)
+    # One schema, columns and selectable fields for both: the API server converts by changing apiVersion only.
+    for key in ("schema", "additionalPrinterColumns", "selectableFields"):
+        assert original.get(key) == ours.get(key), key
+    assert "conversion" not in spec or spec["conversion"] == {"strategy": "None"}
 
 
 @pytest.mark.parametrize("plural", ["devicevolumes", "devicenodes"])
@@ -213,6 +219,8 @@ def test_devicevolume_status_contract() -> None:
     crd = _crd("devicevolumes")
     version = _version(crd)
     assert version["subresources"] == {"status": {}}
+    # The original's components write status with a plain update: no subresource on their version.
+    assert "subresources" not in _version(crd, ORIGINAL)
     assert version["selectableFields"] == [{"jsonPath": ".spec.ownerNodeID"}]
     status = _schema(crd)["properties"]["status"]
     props = status["properties"]
