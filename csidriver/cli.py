@@ -18,12 +18,20 @@ async def _run(settings: Settings) -> None:
     else:
         from csidriver.agent.app import run
     task = asyncio.current_task()
+    stop = asyncio.Event()
+
+    def on_signal() -> None:
+        # The first signal stops the process cleanly (sockets closed, Lease released, API sessions closed); a
+        # second one, while that clean-up hangs, stops it at once.
+        if stop.is_set() and task is not None:
+            task.cancel()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        if task is not None:
-            loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(sig, on_signal)
     with contextlib.suppress(asyncio.CancelledError):
-        await run(settings)
+        await run(settings, stop)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

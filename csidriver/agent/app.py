@@ -31,7 +31,7 @@ from csidriver.servicers import health
 from csidriver.servicers.identity import IdentityServicer
 from csidriver.servicers.node import NodeServicer
 from csidriver.servicers.registration import RegistrationServicer, RegistrationState, registration_socket
-from csidriver.servicers.server import start_server
+from csidriver.servicers.server import Shutdown, start_server, until_stopped
 from csidriver.services.publish import Publisher
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def _brake_metrics(brake: DeletionBrake) -> Iterable[Metric]:
     return [deferred, engaged]
 
 
-async def run(settings: Settings) -> None:
+async def run(settings: Settings, stop: asyncio.Event) -> None:
     runner = Runner()
     inventory = DiskInventory(runner, settings.include_devices_regex, settings.ignore_devices_regex)
     partitions = PartitionManager(runner, settings.lock_dir)
@@ -138,7 +138,7 @@ async def run(settings: Settings) -> None:
     registrar: grpc.aio.Server | None = None
     try:
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(server.wait_for_termination())
+            tg.create_task(until_stopped(stop))
             found, owner = await _node_identity(kube, settings)
             topology.update(found)
             if settings.registration_dir:
@@ -179,14 +179,18 @@ async def run(settings: Settings) -> None:
             tg.create_task(informer.run())
             tg.create_task(own_node.run())
             tg.create_task(queue.run())
+    except* Shutdown:
+        log.info("stopping: asked to")
     finally:
-        if registrar is not None and settings.registration_dir:
-            await registrar.stop(grace=1)
-            # Removing the socket tells kubelet's plugin watcher that the plugin is gone.
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(registration_socket(settings.registration_dir, settings.driver_name))
-        await server.stop(grace=2)
-        await api.close()
+        try:
+            if registrar is not None and settings.registration_dir:
+                await registrar.stop(grace=1)
+                # Removing the socket tells kubelet's plugin watcher that the plugin is gone.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(registration_socket(settings.registration_dir, settings.driver_name))
+            await server.stop(grace=2)
+        finally:
+            await api.close()
 
 
 async def _register_with_kubelet(settings: Settings, state: RegistrationState) -> grpc.aio.Server:

@@ -19,7 +19,7 @@ from csidriver.metrics import Metrics
 from csidriver.servicers import health
 from csidriver.servicers.controller import ControllerServicer
 from csidriver.servicers.identity import IdentityServicer
-from csidriver.servicers.server import start_server
+from csidriver.servicers.server import Shutdown, start_server, until_stopped
 from csidriver.services.cluster import ClusterState
 from csidriver.services.provisioning import Provisioner
 
@@ -38,7 +38,7 @@ def _load_metrics(cluster: ClusterState) -> Iterable[Metric]:
     return [volumes, size]
 
 
-async def run(settings: Settings) -> None:
+async def run(settings: Settings, stop: asyncio.Event) -> None:
     api = await make_api_client(settings.kubeconfig, settings.kube_qps, settings.kube_burst)
     kube = Kube(api, settings.namespace, "device-localpv-controller")
     cluster = ClusterState()
@@ -98,13 +98,17 @@ async def run(settings: Settings) -> None:
     )
     try:
         async with asyncio.TaskGroup() as tg:
+            tg.create_task(until_stopped(stop))
             tg.create_task(volumes.run())
             tg.create_task(nodes.run())
             if elector is not None:
                 tg.create_task(elector.run())
-            tg.create_task(server.wait_for_termination())
+    except* Shutdown:
+        log.info("stopping: asked to")
     finally:
-        await server.stop(grace=2)
-        if elector is not None:
-            await elector.release()
-        await api.close()
+        try:
+            await server.stop(grace=2)
+            if elector is not None:
+                await elector.release()
+        finally:
+            await api.close()

@@ -1,7 +1,8 @@
-"""A grpc.aio server on a unix socket."""
+"""A grpc.aio server on a unix socket, and the way a process is asked to stop."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import Callable, Sequence
@@ -29,3 +30,13 @@ async def start_server(path: str, register: Sequence[Registration]) -> grpc.aio.
     await server.start()
     os.chmod(path, 0o660)
     return server
+
+
+class Shutdown(Exception):
+    """Raised inside a process's task group when it was asked to stop (SIGTERM): the group cancels its other tasks
+    and the process's clean-up runs without a cancellation pending on it."""
+
+
+async def until_stopped(stop: asyncio.Event) -> None:
+    await stop.wait()
+    raise Shutdown
