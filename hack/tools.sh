@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build (once) the Go-built tools the tests and the demo need, into a versioned cache outside the repo.
-# Usage: hack/tools.sh [all|etcd|kube|kubelet|helm|csi-sanity|csi-provisioner|csi-proto|kubelet-proto|env|dir]
+# Usage: hack/tools.sh [all|etcd|kube|kubelet|helm|csi-sanity|csi-provisioner|original|csi-proto|kubelet-proto|env|dir]
 # Prints nothing but progress on stderr; the cache dir is printed on stdout by `hack/tools.sh dir`.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -92,6 +92,31 @@ for r in json.load(sys.stdin).get("Replace") or []:
   mv "$out.tmp" "$out"; rm -rf "$d"
 }
 
+# The original Go driver (openebs/device-localpv), a test component only. Its go.mod has replace directives, so
+# `go install mod@ver` refuses it: copy them into a scratch module and build ./cmd there, stamped like its own build.
+build_original() {
+  local out; out=$(bin_dir device-localpv-original "$ORIGINAL_VERSION")
+  [[ -x $out/device-driver ]] && return 0
+  log "building the original device-localpv $ORIGINAL_VERSION"
+  local mod=github.com/openebs/device-localpv
+  local d; d=$(scratch)
+  local gomod; gomod=$(go mod download -json "$mod@$ORIGINAL_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  (
+    cd "$d"
+    go mod edit -json "$gomod" | python3 -c '
+import json, sys
+for r in json.load(sys.stdin).get("Replace") or []:
+    if r["New"].get("Version"):
+        print("%s=%s@%s" % (r["Old"]["Path"], r["New"]["Path"], r["New"]["Version"]))' |
+      while read -r rep; do go mod edit -replace "$rep"; done
+    go get "$mod/cmd@$ORIGINAL_VERSION" >&2
+    local v=$mod/pkg/version
+    go build -ldflags "-s -w -X $v.Version=$ORIGINAL_VERSION -X $v.VersionMeta=released -X $v.GitCommit=$ORIGINAL_VERSION" \
+      -o "$out.tmp/device-driver" "$mod/cmd" >&2
+  )
+  mv "$out.tmp" "$out"; rm -rf "$d"
+}
+
 build_helm() {
   local out; out=$(bin_dir helm "$HELM_VERSION")
   [[ -x $out/helm ]] && return 0
@@ -123,7 +148,8 @@ case $cmd in
     echo "KUBE_BIN_DIR=$(bin_dir kubernetes "$KUBERNETES_VERSION")"
     echo "CSI_SANITY_BIN=$(bin_dir csi-test "$CSI_TEST_VERSION")/csi-sanity"
     echo "CSI_PROVISIONER_BIN=$(bin_dir external-provisioner "$EXTERNAL_PROVISIONER_VERSION-stripped")/csi-provisioner"
-    echo "HELM_BIN=$(bin_dir helm "$HELM_VERSION")/helm" ;;
+    echo "HELM_BIN=$(bin_dir helm "$HELM_VERSION")/helm"
+    echo "ORIGINAL_BIN=$(bin_dir device-localpv-original "$ORIGINAL_VERSION")/device-driver" ;;
   csi-proto) csi_proto ;;
   kubelet-proto) kubelet_proto ;;
   kubelet) build_kube kubelet ;;
@@ -132,10 +158,11 @@ case $cmd in
   kube) build_kube kube-apiserver kubectl kube-controller-manager kube-scheduler ;;
   csi-sanity) build_csi_sanity ;;
   csi-provisioner) build_provisioner ;;
+  original) build_original ;;
   all)
     start=$(date +%s)
     build_etcd; build_csi_sanity; build_kube kube-apiserver kubectl kube-controller-manager kube-scheduler kubelet
-    build_provisioner; build_helm
+    build_provisioner; build_helm; build_original
     log "tools ready in $(( $(date +%s) - start ))s under $cache_root" ;;
   *) echo "unknown tool: $cmd" >&2; exit 2 ;;
 esac

@@ -21,6 +21,9 @@ class Tools:
     csi_provisioner: str
     kubelet: str
     helm: str
+    # The original Go driver (openebs/device-localpv, ORIGINAL_VERSION): a test component, built by
+    # `hack/tools.sh original` (not part of `all`), so tests using it must check that it exists.
+    original: str
 
 
 def tools() -> Tools:
@@ -37,4 +40,5 @@ def tools() -> Tools:
         csi_provisioner=env["CSI_PROVISIONER_BIN"],
         kubelet=os.path.join(kube, "kubelet"),
         helm=env["HELM_BIN"],
+        original=env["ORIGINAL_BIN"],
     )
