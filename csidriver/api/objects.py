@@ -100,6 +100,9 @@ def volume_from_dict(obj: Mapping[str, Any]) -> DeviceVolume:
 
 
 def new_volume_body(name: str, namespace: str, node: str, pool: str, capacity: int, csi_name: str) -> dict[str, Any]:
+    """A Pending volume as the original's controller writes it: no finalizer yet. The agent that carves it adds
+    the finalizer first (ours before it touches a disk; the original's only updates an object without finalizers,
+    so one made here with a finalizer would never be carved by it during a rolling upgrade)."""
     return {
         "apiVersion": c.API_VERSION,
         "kind": c.VOLUME_KIND,
@@ -108,7 +111,6 @@ def new_volume_body(name: str, namespace: str, node: str, pool: str, capacity: i
             "namespace": namespace,
             "labels": {c.NODE_LABEL: node},
             "annotations": {c.CSI_NAME_ANNOTATION: csi_name[:1024]},
-            "finalizers": [c.FINALIZER],
         },
         "spec": {"ownerNodeID": node, "capacity": str(capacity), "devname": pool},
         "status": {"state": State.PENDING.value},

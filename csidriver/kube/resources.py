@@ -64,11 +64,13 @@ class Kube:
         """All DeviceNodes, or (server-side filtered) only the one called `name`."""
         return Informer(self._list_nodes, what="devicenodes", field_selector=f"metadata.name={name}" if name else None)
 
-    async def _call(self, method: str, plural: str, *args: Any, absent_ok: bool = False, **kw: Any) -> Any:
+    async def _call(
+        self, method: str, plural: str, *args: Any, absent_ok: bool = False, version: str = c.VERSION, **kw: Any
+    ) -> Any:
         """One call on a namespaced object of ours. With `absent_ok`, a 404 returns None; a failed JSON-patch
         `test` (422) is a Conflict; 409/404 become Conflict/Gone."""
         try:
-            return await getattr(self._custom, method)(c.GROUP, c.VERSION, self.namespace, plural, *args, **kw)
+            return await getattr(self._custom, method)(c.GROUP, version, self.namespace, plural, *args, **kw)
         except ApiException as e:
             if e.status == 404 and absent_ok:
                 return None
@@ -85,7 +87,13 @@ class Kube:
         return got
 
     async def create_volume(self, body: Mapping[str, Any]) -> Obj:
-        obj: Obj = await self._call("create_namespaced_custom_object", c.VOLUME_PLURAL, body)
+        """Created through the original's version, where status is part of the object: it carries
+        `status.state: Pending` from its first write, which the original's agents require to carve it (during a
+        rolling upgrade, or after a rollback). Through v1alpha2 the API server would drop that status."""
+        body = {**body, "apiVersion": f"{c.GROUP}/{c.ORIGINAL_VERSION}"}
+        obj: Obj = await self._call(
+            "create_namespaced_custom_object", c.VOLUME_PLURAL, body, version=c.ORIGINAL_VERSION
+        )
         return obj
 
     async def delete_volume(self, name: str) -> None:
