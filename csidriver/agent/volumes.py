@@ -135,6 +135,13 @@ class VolumeReconciler:
         disks = self._pool_disks(vol.pool)
         found = await self._parts.find(disks, pname)
         if found is not None:
+            # The partition exists: a crash came between carving and Ready (wipe it, never handed out yet), or this
+            # is a second pass from a cache that has not seen our own Ready yet (an event from adding the finalizer
+            # queued it again). Wiping then would destroy data a Pod may already have written: ask the API server.
+            fresh = await self._kube.get_volume(vol.name)
+            if fresh is None or volume_from_dict(fresh).state is not State.PENDING or volume_from_dict(fresh).deleting:
+                log.info("volume %s: already past Pending on the API server; the cache will catch up", vol.name)
+                return
             # Idempotent: returns the existing partition and tells the kernel about it if a crash came first.
             disk = found[0]
             part = await self._parts.create(disk.path, vol.pool, pname, vol.capacity)
