@@ -210,6 +210,22 @@ class Kube:
         except ApiException as e:
             raise _translate(e) from e
 
+    # -- cluster-wide reads for `upgrade-check` ----------------------------------------------------------------
+    async def get_crd(self, name: str) -> Obj | None:
+        try:
+            crd = await client.ApiextensionsV1Api(self.api).read_custom_resource_definition(name)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        out: Obj = self.api.sanitize_for_serialization(crd)
+        return out
+
+    async def list_storage_classes(self) -> list[Obj]:
+        classes = await client.StorageV1Api(self.api).list_storage_class()
+        out: list[Obj] = self.api.sanitize_for_serialization(classes).get("items") or []
+        return out
+
     async def pods_using_claim(self, namespace: str, claim: str) -> list[str]:
         pods = self.api.sanitize_for_serialization(await self._core.list_namespaced_pod(namespace))
         return [

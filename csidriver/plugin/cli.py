@@ -6,6 +6,7 @@ cordon-disk | uncordon-disk NODE DISK_GUID [--dry-run]
 migrate-disk DISK_GUID --to NODE [--dry-run]            after the disk was moved to NODE: all its volumes
 migrate VOLUME --to NODE [--dry-run]                    after the volume's disk was moved to NODE
 release-node NODE --reason TEXT [--force] [--dry-run]   a node that is gone for good
+upgrade-check [--driver-name NAME]                      what an upgrade from the original adopts, what blocks it
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from csidriver.host.runner import Runner
 from csidriver.kube.client import make_api_client
 from csidriver.kube.resources import Kube
 from csidriver.plugin.migrate import MigrationError, migrate, migrate_disk
+from csidriver.plugin.upgrade import upgrade_check
 
 
 def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -212,6 +214,18 @@ async def cmd_migrate_disk(kube: Kube, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_upgrade_check(kube: Kube, args: argparse.Namespace) -> int:
+    report = await upgrade_check(kube, args.driver_name)
+    for title, lines in (("adopts", report.adopt), ("warnings", report.warnings), ("blockers", report.blockers)):
+        print(f"{title}:" + ("" if lines else " none"))
+        for line in lines:
+            print(f"  - {line}")
+    if report.blockers:
+        print(f"{len(report.blockers)} blocker(s): fix them before upgrading (see docs/upgrade.md)", file=sys.stderr)
+        return 1
+    return 0
+
+
 async def cmd_init_disk(args: argparse.Namespace) -> int:
     runner = Runner()
     try:
@@ -261,6 +275,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--reason", required=True, help="recorded in an Event on every released volume")
     s.add_argument("--force", action="store_true", help="even if the Node still reports Ready")
     s.add_argument("--dry-run", action="store_true")
+    s = sub.add_parser("upgrade-check", help="what an upgrade from the original driver adopts, and what blocks it")
+    s.add_argument("--driver-name", default="device.csi.openebs.io", help="CSI driver name of the StorageClasses")
     return p
 
 
@@ -282,6 +298,8 @@ async def _main(args: argparse.Namespace) -> int:
             return await cmd_migrate(kube, args)
         if args.command == "migrate-disk":
             return await cmd_migrate_disk(kube, args)
+        if args.command == "upgrade-check":
+            return await cmd_upgrade_check(kube, args)
         return await cmd_release(kube, args)
     finally:
         await api.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -133,6 +134,11 @@ class Upgrade:
             finally:
                 unpublish(ch, vol.volume_id, str(target))
 
+    def plugin(self, *args: str) -> tuple[int, str]:
+        argv = [sys.executable, "-m", "csidriver.plugin.cli", "--kubeconfig", self.api.identities["admin"].kubeconfig]
+        done = subprocess.run([*argv, *args], capture_output=True, text=True, check=False)
+        return done.returncode, done.stdout + done.stderr
+
     # --- what is on the API server and the disk -----------------------------------------------------------------
     def object(self, name: str) -> dict[str, Any] | None:
         out = self.api.kubectl("get", "devicevolume", name, "-n", "openebs", "-o", "json", "--ignore-not-found")
@@ -199,6 +205,42 @@ def up(go_tools: Tools) -> Iterator[Upgrade]:
         disks.cleanup()
 
 
+def test_0_upgrade_check_names_what_would_break(up: Upgrade) -> None:
+    """What worked with the original and does not here: a StorageClass whose devname is a pattern, and a volume
+    whose devname only matched its pool as a pattern. Both are blockers; removing them clears the check."""
+    up.run("original-agent")  # it writes the DeviceNode
+    _until(
+        "the original's DeviceNode",
+        lambda: "deviceno" in up.api.kubectl("get", "devicenode", "-n", "openebs", "-o", "name"),
+    )
+    sc = {
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": {"name": "pattern-pool"},
+        "provisioner": "device.csi.openebs.io",
+        "parameters": {"devname": up.pool[:4] + ".*"},
+    }
+    up.api.kubectl("apply", "-f", "-", input=json.dumps(sc))
+    prefix = f"pvc-{uuid.uuid4()}"
+    body = {
+        "apiVersion": "local.openebs.io/v1alpha1",
+        "kind": "DeviceVolume",
+        "metadata": {"name": prefix, "namespace": "openebs", "labels": {"kubernetes.io/nodename": NODE}},
+        "spec": {"ownerNodeID": NODE, "capacity": str(16 * MIB), "devname": up.pool[:-3]},
+        "status": {"state": "Ready"},
+    }
+    up.api.kubectl("create", "-f", "-", input=json.dumps(body))
+    code, out = up.plugin("upgrade-check")
+    assert code == 1, out
+    assert f"StorageClass pattern-pool: devname '{up.pool[:4]}.*' is not a plain pool name" in out, out
+    assert f"volume {prefix}: no pool of node {NODE} is named exactly '{up.pool[:-3]}'" in out, out
+    assert "2 blocker(s)" in out, out
+    up.api.kubectl("delete", "storageclass", "pattern-pool")
+    up.api.kubectl("delete", "devicevolume", "-n", "openebs", prefix)
+    code, out = up.plugin("upgrade-check")
+    assert code == 0 and "blockers: none" in out and "no DeviceVolume: nothing to adopt" in out, out
+
+
 def test_a_upgrade_adopts_volumes_in_every_state(up: Upgrade) -> None:
     """Under the original: a Ready volume with data, a Failed one (no room), a Pending one its agent never carved
     (the agent was down) and one being deleted. Then the original is replaced by ours."""
@@ -230,6 +272,10 @@ def test_a_upgrade_adopts_volumes_in_every_state(up: Upgrade) -> None:
         )
     assert (up.object(doomed.volume_id) or {})["metadata"].get("deletionTimestamp")
     before = up.table()
+    code, out = up.plugin("upgrade-check")
+    assert code == 0, out
+    assert "4 DeviceVolume(s): 1 Deleting, 1 Failed, 1 Pending, 1 Ready" in out, out
+    assert "1 without the kubernetes.io/nodename label" in out, out
 
     up.run("our-controller", "our-agent")
     # Ready: adopted as it is, the same partition (start, size, GUID) and its bytes.
