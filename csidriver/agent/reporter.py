@@ -26,6 +26,24 @@ from csidriver.kube.resources import Conflict, Kube
 log = logging.getLogger(__name__)
 
 
+def sys_identity(name: str) -> tuple[str, str] | None:
+    """What sysfs says of a block device without running a command: (diskseq, size in sectors), or None when it
+    is gone. diskseq (Linux 5.15+) changes whenever other media appear under the same name (a disk swapped for
+    another at the same kernel name); the size is the fallback on older kernels."""
+    base = f"/sys/class/block/{name}"
+    try:
+        with open(f"{base}/size") as f:
+            size = f.read().strip()
+    except OSError:
+        return None
+    try:
+        with open(f"{base}/diskseq") as f:
+            seq = f.read().strip()
+    except OSError:
+        seq = ""
+    return seq, size
+
+
 def devices_of(disks: Sequence[PoolDisk], failed: Sequence[PoolDisk] = ()) -> tuple[Device, ...]:
     """Healthy disks as scanned, and failed ones (unreadable or gone) as last seen, with no space to offer."""
     healthy = [Device(d.pool, d.guid, d.size, d.free, d.largest_extent, d.free_entries, d.path) for d in disks]
@@ -61,6 +79,7 @@ class NodeReporter:
         self.failed: list[PoolDisk] = []  # pool disks seen before that are now unreadable or gone
         self._known: dict[str, PoolDisk] = {}
         self._block_names: frozenset[str] = frozenset()  # block devices present when the last scan started
+        self._identities: dict[str, tuple[str, str] | None] = {}  # sys_identity of each healthy disk at that moment
         self.scanned = asyncio.Event()
 
     def _body(self, devices: tuple[Device, ...]) -> dict[str, Any]:
@@ -82,8 +101,10 @@ class NodeReporter:
             self._started += 1
             ticket = self._started
             self._block_names = await asyncio.to_thread(self._inventory.block_names)
+            before = await asyncio.to_thread(lambda: {n: sys_identity(n) for n in self._block_names})
             result = await self._inventory.scan_detailed()
             self.disks = list(result.disks)
+            self._identities = {d.path: before.get(os.path.basename(d.path)) for d in self.disks}
             healthy = {d.guid for d in self.disks}
             held = {g.upper() for g in self._held()}
             for g in [g for g in self._known if g not in healthy and g.upper() not in held]:
@@ -130,13 +151,11 @@ class NodeReporter:
         self._poked = True
 
     def _vanished(self) -> bool:
-        """Cheap check, no command run: has a healthy disk's block device disappeared or shrunk to nothing?"""
+        """Cheap check, no command run: has a healthy disk's block device disappeared, shrunk to nothing, or been
+        replaced by other media under the same name?"""
         for d in self.disks:
-            try:
-                with open(f"/sys/class/block/{os.path.basename(d.path)}/size") as f:
-                    if int(f.read().strip() or 0) == 0:
-                        return True
-            except OSError:
+            now = sys_identity(os.path.basename(d.path))
+            if now is None or now[1] in ("", "0") or now != self._identities.get(d.path):
                 return True
         return False
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -202,7 +203,7 @@ class NodeCluster:
         for disk in self.real.disks.disks:
             home = self.homes.get(disk.image)
             if home is not None and not disk.placeholder and disk.device != home:
-                self.move_disk(disk, next(n for n, names in self.filters.items() if home in names))
+                self.move_disk(disk, next(n for n, names in self.filters.items() if os.path.basename(home) in names))
 
     # --- user objects -----------------------------------------------------------------------------------------
     def kubectl(self, *args: str, check: bool = True, input: str | None = None) -> str:
@@ -211,21 +212,23 @@ class NodeCluster:
     def apply(self, obj: dict[str, Any]) -> None:
         self.real.apply(obj)
 
-    def storage_class(self, name: str, pool: str, fstype: str, binding: str) -> None:
+    def storage_class(self, name: str, pool: str, fstype: str, binding: str, nodes: list[str] | None = None) -> None:
+        """`nodes`: the StorageClass's allowedTopologies (volumes are made on those nodes only)."""
         params = {"devname": pool}
         if fstype != "block":
             params["csi.storage.k8s.io/fstype"] = fstype
-        self.apply(
-            {
-                "apiVersion": "storage.k8s.io/v1",
-                "kind": "StorageClass",
-                "metadata": {"name": name},
-                "provisioner": DRIVER,
-                "parameters": params,
-                "reclaimPolicy": "Delete",
-                "volumeBindingMode": binding,
-            }
-        )
+        sc: dict[str, Any] = {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {"name": name},
+            "provisioner": DRIVER,
+            "parameters": params,
+            "reclaimPolicy": "Delete",
+            "volumeBindingMode": binding,
+        }
+        if nodes:
+            sc["allowedTopologies"] = [{"matchLabelExpressions": [{"key": TOPOLOGY_KEY, "values": nodes}]}]
+        self.apply(sc)
 
     def pvc(self, name: str, storage_class: str, size: str, block: bool = False) -> None:
         self.apply(

@@ -74,8 +74,8 @@ def test_the_documented_disk_move(kube: KubeCluster) -> None:
         _node_sees(kube, "node-1", guid)
 
     def reported(outputs: list[str]) -> None:
-        line = next(line for line in outputs[0].splitlines() if guid in line)
-        assert line.startswith("node-1") and "Healthy" in line, outputs[0]
+        rows = [line.split() for line in outputs[0].splitlines() if guid in line]
+        assert ["node-1", "Healthy"] in [[r[0], r[6]] for r in rows], outputs[0]
 
     def migrated(outputs: list[str]) -> None:
         dry, done = outputs
