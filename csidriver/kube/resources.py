@@ -40,18 +40,21 @@ _JSON_PATCH = "application/json-patch+json"
 class Kube:
     """One namespace's driver objects, plus the few core objects the driver reads or writes."""
 
-    def __init__(self, api: client.ApiClient, namespace: str, component: str) -> None:
+    def __init__(self, api: client.ApiClient, namespace: str, component: str, version: str = c.VERSION) -> None:
+        """`version`: the API version of our objects to use (the original's v1alpha1 only to read a cluster
+        whose CRDs are not upgraded yet)."""
         self.api = api
         self.namespace = namespace
+        self.version = version
         self._component = component
         self._custom: Any = client.CustomObjectsApi(api)
         self._core: Any = client.CoreV1Api(api)
 
     def _list_volumes(self, **kw: Any) -> Any:
-        return self._custom.list_namespaced_custom_object(c.GROUP, c.VERSION, self.namespace, c.VOLUME_PLURAL, **kw)
+        return self._custom.list_namespaced_custom_object(c.GROUP, self.version, self.namespace, c.VOLUME_PLURAL, **kw)
 
     def _list_nodes(self, **kw: Any) -> Any:
-        return self._custom.list_namespaced_custom_object(c.GROUP, c.VERSION, self.namespace, c.NODE_PLURAL, **kw)
+        return self._custom.list_namespaced_custom_object(c.GROUP, self.version, self.namespace, c.NODE_PLURAL, **kw)
 
     def volume_informer(self, node: str | None = None) -> Informer:
         """All volumes of the namespace, or (server-side filtered) only those owned by `node`. The filter is the
@@ -65,12 +68,14 @@ class Kube:
         return Informer(self._list_nodes, what="devicenodes", field_selector=f"metadata.name={name}" if name else None)
 
     async def _call(
-        self, method: str, plural: str, *args: Any, absent_ok: bool = False, version: str = c.VERSION, **kw: Any
+        self, method: str, plural: str, *args: Any, absent_ok: bool = False, version: str = "", **kw: Any
     ) -> Any:
         """One call on a namespaced object of ours. With `absent_ok`, a 404 returns None; a failed JSON-patch
         `test` (422) is a Conflict; 409/404 become Conflict/Gone."""
         try:
-            return await getattr(self._custom, method)(c.GROUP, version, self.namespace, plural, *args, **kw)
+            return await getattr(self._custom, method)(
+                c.GROUP, version or self.version, self.namespace, plural, *args, **kw
+            )
         except ApiException as e:
             if e.status == 404 and absent_ok:
                 return None

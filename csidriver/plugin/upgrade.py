@@ -26,21 +26,27 @@ class Report:
 
 async def upgrade_check(kube: Kube, driver_name: str) -> Report:
     report = Report()
-    await _check_crds(kube, report)
+    if not await _check_crds(kube, report):
+        # The CRDs are not upgraded yet: read the objects the way the original does.
+        kube = Kube(kube.api, kube.namespace, "kubectl-device-localpv", version=c.ORIGINAL_VERSION)
     pools = await _node_pools(kube, report)
     await _check_volumes(kube, pools, report)
     await _check_storage_classes(kube, driver_name, pools, report)
     return report
 
 
-async def _check_crds(kube: Kube, report: Report) -> None:
+async def _check_crds(kube: Kube, report: Report) -> bool:
+    """True when every CRD serves this driver's version."""
+    upgraded = True
     for name in CRDS:
         crd = await kube.get_crd(name)
         if crd is None:
             report.blockers.append(f"CRD {name} is missing: apply this release's crds/ first")
+            upgraded = False
             continue
         versions = {v["name"]: v for v in crd["spec"].get("versions") or []}
         if not (versions.get(c.VERSION) or {}).get("served"):
+            upgraded = False
             report.blockers.append(
                 f"CRD {name} does not serve {c.VERSION}: apply this release's crds/ before its workloads "
                 "(the new components read and write that version)"
@@ -52,6 +58,7 @@ async def _check_crds(kube: Kube, report: Report) -> None:
             report.warnings.append(
                 f"CRD {name} has objects stored as {sorted(stored)}: a rollback must keep serving those versions"
             )
+    return upgraded
 
 
 async def _node_pools(kube: Kube, report: Report) -> dict[str, set[str]]:

@@ -27,7 +27,7 @@ from tests.e2e.csi import MIB, code_of, create, delete, mount_cap, publish, unpu
 from tests.harness.apiserver import ApiServer, keep_logs, start_kube_components, stop_all
 from tests.harness.disks import LoopDisk, LoopDisks, partitions
 from tests.harness.driver import Driver, Process
-from tests.harness.original import TOPOLOGY_KEY, Original, OriginalProcess, unique_pool
+from tests.harness.original import TOPOLOGY_KEY, Original, OriginalProcess, original_crds, unique_pool
 from tests.harness.tools import Tools
 
 NODE = "up-node"
@@ -336,6 +336,13 @@ def test_d_rollback_to_the_original(up: Upgrade) -> None:
     up.run("our-controller", "our-agent")
     mine = up.create("our-controller")
     up.write("our-agent", mine, "made and written by ours")
+    # The original's own CRDs again (docs/upgrade.md): allowed, since objects are stored as v1alpha1.
+    for crd in original_crds():
+        up.api.kubectl("apply", "-f", str(crd))
+    # Right after a CRD changes, the API server answers 429 while it re-initialises that resource's storage.
+    _until("upgrade-check answers", lambda: "TooManyRequests" not in up.plugin("upgrade-check")[1], 30)
+    code, out = up.plugin("upgrade-check")
+    assert code == 1 and "does not serve v1alpha2" in out, out
     up.run("original-controller", "original-agent")
     assert up.read("original-agent", mine) == "made and written by ours"
     up.mountable("original-agent", up.volumes["pending"])

@@ -53,6 +53,7 @@ import grpc
 
 from csidriver.csi import csi_pb2, csi_pb2_grpc
 from tests.harness.apiserver import ApiServer, spawn
+from tests.harness.tools import ROOT
 
 # Where the original's own manifests put its ServiceAccounts, and their names there.
 SA_NAMESPACE = "kube-system"
@@ -106,6 +107,23 @@ mount --bind "$1" "$target"
 shift
 exec "$@"
 """
+
+
+def original_crds() -> list[Path]:
+    """The original's own CRD manifests (v0.9.0, from the Go module cache that `hack/tools.sh original` filled):
+    what a user applies again on a rollback."""
+    env = (ROOT / "hack" / "versions.env").read_text()
+    version = next(
+        line.split("=", 1)[1].split()[0] for line in env.splitlines() if line.startswith("ORIGINAL_VERSION=")
+    )
+    done = subprocess.run(
+        ["go", "mod", "download", "-json", f"github.com/openebs/device-localpv@{version}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    root = Path(json.loads(done.stdout)["Dir"]) / "deploy" / "yamls"
+    return [root / "devicevolume-crd.yaml", root / "devicenode-crd.yaml"]
 
 
 def unique_pool(prefix: str = "orig") -> str:
