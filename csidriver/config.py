@@ -51,6 +51,7 @@ class Settings:
     identity: str
     registration_dir: str | None
     lease_writer: str  # "driver": elect on the Lease; "sidecar": follow the Lease csi-provisioner writes
+    publish_roots: tuple[str, ...] = ()  # NodePublish/Unpublish targets must lie under one of these directories
 
     @property
     def socket_path(self) -> str:
@@ -82,6 +83,8 @@ _ENV: Mapping[str, tuple[str, str]] = {
     "identity": ("POD_NAME", ""),
     "registration_dir": ("KUBELET_REGISTRATION_DIR", ""),
     "lease_writer": ("LEASE_WRITER", "driver"),
+    # Where kubelet puts publish targets: mount targets under pods/, raw block targets under plugins/kubernetes.io/csi.
+    "publish_roots": ("PUBLISH_ROOTS", "/var/lib/kubelet/pods,/var/lib/kubelet/plugins/kubernetes.io/csi"),
 }
 
 
@@ -147,6 +150,12 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
     if role is Role.AGENT and not raw["node_id"]:
         raise SettingsError("--node-id (env OPENEBS_NODE_ID) is required for the agent")
     labels = tuple(sorted({x.strip() for x in raw["topology_labels"].split(",") if x.strip()}))
+    roots = tuple(r.strip().rstrip("/") for r in raw["publish_roots"].split(",") if r.strip())
+    for r in roots:
+        if not r.startswith("/") or os.path.normpath(r) != r:
+            raise SettingsError(f"--publish-roots: {r!r} is not an absolute, normalised directory")
+    if role is Role.AGENT and not roots:
+        raise SettingsError("--publish-roots (env PUBLISH_ROOTS) must name at least one directory")
     return Settings(
         role=role,
         driver_name=raw["driver_name"],
@@ -172,6 +181,7 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
         identity=raw["identity"] or socket.gethostname(),
         registration_dir=opt("registration_dir"),
         lease_writer=_choice("lease_writer", raw["lease_writer"], ("driver", "sidecar")),
+        publish_roots=roots,
     )
 
 

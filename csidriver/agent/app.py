@@ -127,7 +127,13 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             ),
             (
                 csi_pb2_grpc.add_NodeServicer_to_server,
-                NodeServicer(Publisher(host), settings.node_id, topology, metrics.observe_rpc, unpublished),
+                NodeServicer(
+                    Publisher(host, settings.publish_roots),
+                    settings.node_id,
+                    topology,
+                    metrics.observe_rpc,
+                    unpublished,
+                ),
             ),
         ],
     )

@@ -11,7 +11,7 @@ import dataclasses
 import errno
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -55,12 +55,15 @@ class Host(Protocol):
     async def read_problem(self, device: str) -> str | None: ...
 
 
-def check_target(path: str, what: str = "target_path") -> None:
-    """Absolute, normalised, no `..`, and no symbolic link anywhere on the way (no escape)."""
+def check_target(path: str, what: str = "target_path", roots: Sequence[str] = ()) -> None:
+    """Absolute, normalised, no `..`, no symbolic link anywhere on the way (no escape), and strictly under one of
+    `roots` when given (kubelet's directories: a mount over /etc or any other path is refused)."""
     if not path:
         raise InvalidArgument(f"{what} must not be empty")
     if "\0" in path or not os.path.isabs(path) or os.path.normpath(path) != path.rstrip("/") or "/../" in path + "/":
         raise InvalidArgument(f"{what} {path!r} must be an absolute, normalised path without '..'")
+    if roots and not any(path.rstrip("/").startswith(root + "/") for root in roots):
+        raise InvalidArgument(f"{what} {path!r} is outside the directories kubelet publishes to ({', '.join(roots)})")
     parent = os.path.dirname(path.rstrip("/"))
     if os.path.realpath(parent) != parent:
         raise InvalidArgument(f"{what} {path!r} goes through a symbolic link")
@@ -76,8 +79,9 @@ def _major_minor(device: str) -> str:
 
 
 class Publisher:
-    def __init__(self, host: Host) -> None:
+    def __init__(self, host: Host, roots: Sequence[str] = ()) -> None:
         self._host = host
+        self._roots = tuple(roots)
         self._locks: dict[str, asyncio.Lock] = {}
 
     def _lock(self, key: str) -> asyncio.Lock:
@@ -104,7 +108,7 @@ class Publisher:
     async def publish(
         self, volume_id: str, target: str, cap: Capability | None, read_only: bool, context: Mapping[str, str]
     ) -> None:
-        check_target(target)
+        check_target(target, roots=self._roots)
         if cap is None:
             raise InvalidArgument("volume_capability must be set")
         problem = capability_problem(cap)
@@ -156,8 +160,15 @@ class Publisher:
     async def unpublish(self, volume_id: str, target: str) -> None:
         if not volume_id:
             raise InvalidArgument("volume_id must not be empty")
-        check_target(target)
+        check_target(target, roots=self._roots)
         async with self._lock(volume_id):
+            mounted = await self._mounted_at(target)
+            if mounted is not None:
+                await self._check_ours(volume_id, target, mounted)
+            elif not await asyncio.to_thread(_ours_to_remove, target) or not await self._known(volume_id):
+                # Not mounted, and not an empty directory or file left by publishing a volume of this node: not ours
+                # to delete (kubelet removes its own empty target directories).
+                return
             for _ in range(8):  # a path may carry stacked mounts
                 if await self._mounted_at(target) is None:
                     break
@@ -165,6 +176,29 @@ class Publisher:
             else:
                 raise Internal(f"{target} is still mounted after repeated unmounts")
             await asyncio.to_thread(_remove, target)
+
+    async def _known(self, volume_id: str) -> bool:
+        try:
+            await self.locate(volume_id, {})
+            return True
+        except NotFound:
+            return False
+
+    async def _check_ours(self, volume_id: str, target: str, mounted: MountInfo) -> None:
+        """Unmount only this volume: another volume's mount at the target is refused. When this volume's partition
+        cannot be found (its disk is gone), a mount whose device no longer exists is accepted as its own."""
+        try:
+            vol = await self.locate(volume_id, {})
+        except NotFound:
+            if mounted.source.startswith("/dev/") and await asyncio.to_thread(os.path.exists, mounted.source):
+                raise FailedPrecondition(
+                    f"{target} has {mounted.source} mounted, which is not volume {volume_id}; nothing unmounted"
+                ) from None
+            return
+        if not _same_device(mounted, vol):
+            raise FailedPrecondition(
+                f"{target} has {mounted.source} mounted, not volume {volume_id} ({vol.device}); nothing unmounted"
+            )
 
     async def stats(self, volume_id: str, path: str) -> VolumeStats:
         if not volume_id:
@@ -217,6 +251,17 @@ def _make_file(path: str) -> bool:
         if not os.path.isfile(path):
             raise AlreadyExists(f"{path} exists and is not a regular file") from None
         return False
+
+
+def _ours_to_remove(path: str) -> bool:
+    """What a publish of this driver leaves at a target once unmounted: an empty directory or an empty file."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISDIR(st.st_mode):
+        return not os.listdir(path)
+    return stat.S_ISREG(st.st_mode) and st.st_size == 0
 
 
 def _remove(path: str) -> None:

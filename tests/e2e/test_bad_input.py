@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
 import grpc
 import pytest
@@ -138,3 +139,42 @@ def test_validate_and_stats_errors(cluster: Cluster, volume) -> None:  # type: i
         )
     )
     assert got == C.NOT_FOUND
+
+
+def test_publish_only_under_kubelets_directories(cluster: Cluster, volume) -> None:  # type: ignore[no-untyped-def]
+    """Targets outside the configured roots (kubelet's pods and raw-block directories; the test work directory
+    here) are refused before anything is touched: no mount over /etc."""
+    for target in ("/etc/dlpv-hostile", "/var/lib/dlpv-hostile", "/tmp"):
+        got, msg = code_of(lambda t=target: publish(cluster.node_channel, volume, t))
+        assert got == C.INVALID_ARGUMENT and "outside the directories" in msg, (target, msg)
+        got, msg = code_of(lambda t=target: unpublish(cluster.node_channel, volume.volume_id, t))
+        assert got == C.INVALID_ARGUMENT, (target, msg)
+    assert not os.path.exists("/etc/dlpv-hostile") and not os.path.exists("/var/lib/dlpv-hostile")
+
+
+def test_unpublish_touches_only_its_own_volume(cluster: Cluster, volume) -> None:  # type: ignore[no-untyped-def]
+    """NodeUnpublishVolume with another volume's id at a mounted target unmounts nothing; with an id of no volume
+    of this node it deletes no pre-existing file or directory."""
+    target = str(cluster.workdir / "own-only")
+    publish(cluster.node_channel, volume, target, mount_cap("ext4"))
+    try:
+        with open(os.path.join(target, "data"), "w") as f:
+            f.write("kept")
+        other = create(cluster.controller_channel, f"pvc-{uuid.uuid4()}", MIB)
+        for wrong in (other.volume_id, f"pvc-{uuid.uuid4()}"):
+            got, msg = code_of(lambda w=wrong: unpublish(cluster.node_channel, w, target))
+            assert got == C.FAILED_PRECONDITION and "nothing unmounted" in msg, (wrong, msg)
+            assert os.path.ismount(target) and Path(target, "data").read_text() == "kept"
+        delete(cluster.controller_channel, other.volume_id)
+    finally:
+        unpublish(cluster.node_channel, volume.volume_id, target)
+    assert not os.path.exists(target)
+    # Not mounted: a file or an empty directory that a volume of this node did not leave stays where it is.
+    plain, empty = cluster.workdir / "plain-file", cluster.workdir / "empty-dir"
+    plain.write_text("someone's file")
+    empty.mkdir()
+    for path in (plain, empty):
+        unpublish(cluster.node_channel, f"pvc-{uuid.uuid4()}", str(path))
+        assert path.exists(), path
+    unpublish(cluster.node_channel, volume.volume_id, str(plain))
+    assert plain.read_text() == "someone's file"

@@ -104,6 +104,8 @@ class Driver:
                     "DEVICE_INCLUDE_REGEX": f"^({names})$",
                     "LOCK_DIR": str(self.workdir / "locks"),
                     "RESYNC_SECONDS": "300",
+                    # Publish targets of the tests, csi-sanity and the benches live in this work directory.
+                    "PUBLISH_ROOTS": str(self.workdir),
                     **extra,
                 },
             ),
