@@ -10,7 +10,7 @@ from google.protobuf import wrappers_pb2
 from csidriver.api import constants as c
 from csidriver.csi import csi_pb2, csi_pb2_grpc
 from csidriver.servicers import convert
-from csidriver.servicers.edge import Ctx, Observer, rpc
+from csidriver.servicers.edge import Ctx, Observer, answer_unimplemented, rpc
 from csidriver.services.errors import Unavailable
 from csidriver.services.provisioning import Provisioner
 
@@ -18,6 +18,7 @@ _Rpc = csi_pb2.ControllerServiceCapability.RPC
 _CAPS = (_Rpc.CREATE_DELETE_VOLUME, _Rpc.GET_CAPACITY)
 
 
+@answer_unimplemented
 class ControllerServicer(csi_pb2_grpc.ControllerServicer):
     def __init__(
         self,

@@ -26,6 +26,7 @@ CODES: dict[type[errors.DriverError], grpc.StatusCode] = {
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.Internal: grpc.StatusCode.INTERNAL,
+    errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
 }
 
 Resp = TypeVar("Resp")
@@ -82,3 +83,27 @@ def rpc(method: Handler[Resp]) -> Handler[Resp]:
         raise AssertionError("unreachable")
 
     return wrapper
+
+
+T = TypeVar("T")
+
+
+def _refusal(name: str) -> Handler[Any]:
+    async def refuse(self: Any, request: Any, context: Ctx) -> Any:
+        raise errors.Unimplemented(f"{name} is not supported by this driver")
+
+    refuse.__name__ = name
+    return rpc(refuse)
+
+
+def answer_unimplemented(cls: type[T]) -> type[T]:
+    """Class decorator for a servicer: every RPC of its generated base class that it does not define answers
+    UNIMPLEMENTED with the usual one log line, instead of the generated stub's NotImplementedError (which gRPC logs
+    as an error with a traceback, thousands of times under a fuzzer)."""
+    for base in cls.__mro__[1:]:
+        if not base.__module__.endswith("_pb2_grpc"):
+            continue
+        for name, attr in vars(base).items():
+            if callable(attr) and not name.startswith("_") and name not in cls.__dict__:
+                setattr(cls, name, _refusal(name))
+    return cls

@@ -9,7 +9,7 @@ from google.protobuf import wrappers_pb2
 
 from csidriver import __version__
 from csidriver.csi import csi_pb2, csi_pb2_grpc
-from csidriver.servicers.edge import Ctx, rpc
+from csidriver.servicers.edge import Ctx, answer_unimplemented, rpc
 from csidriver.services.errors import Unavailable
 
 Readiness = Callable[[], Awaitable[str | None]]  # None when ready, else why not
@@ -17,6 +17,7 @@ Readiness = Callable[[], Awaitable[str | None]]  # None when ready, else why not
 _Svc = csi_pb2.PluginCapability.Service
 
 
+@answer_unimplemented
 class IdentityServicer(csi_pb2_grpc.IdentityServicer):
     def __init__(self, driver_name: str, controller: bool, readiness: Readiness) -> None:
         self._name = driver_name

@@ -7,13 +7,14 @@ from typing import Any
 
 from csidriver.csi import csi_pb2, csi_pb2_grpc
 from csidriver.servicers import convert
-from csidriver.servicers.edge import Ctx, Observer, rpc
+from csidriver.servicers.edge import Ctx, Observer, answer_unimplemented, rpc
 from csidriver.services.publish import Publisher
 
 _Rpc = csi_pb2.NodeServiceCapability.RPC
 _Usage = csi_pb2.VolumeUsage
 
 
+@answer_unimplemented
 class NodeServicer(csi_pb2_grpc.NodeServicer):
     def __init__(
         self,

@@ -43,3 +43,7 @@ class DeadlineExceeded(DriverError):
 
 class Internal(DriverError):
     pass
+
+
+class Unimplemented(DriverError):
+    pass

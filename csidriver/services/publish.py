@@ -122,6 +122,12 @@ class Publisher:
                     raise AlreadyExists(f"{target} already has another device mounted")
                 if existing.read_only != read_only:
                     raise AlreadyExists(f"{target} is published with read_only={existing.read_only}")
+                published_block = existing.fstype == "devtmpfs"
+                if cap.block != published_block:
+                    kind = "a raw block device" if published_block else "a filesystem"
+                    raise AlreadyExists(f"{target} is published as {kind}")
+                if not cap.block and (cap.fs_type or DEFAULT_FS) != existing.fstype:
+                    raise AlreadyExists(f"{target} is published with filesystem {existing.fstype}")
                 return
             if cap.block:
                 await self._publish_block(vol, target, read_only)
@@ -211,8 +217,14 @@ class Publisher:
         try:
             vol = await self.locate(volume_id, {})
         except NotFound:
-            if mount is None:
-                raise
+            # Its partition cannot be found: abnormal if what is mounted there lost its device (the disk is gone);
+            # a mount of a device that exists is some other volume's.
+            if (
+                mount is None
+                or not mount.source.startswith("/dev/")
+                or await asyncio.to_thread(os.path.exists, mount.source)
+            ):
+                raise NotFound(f"volume {volume_id} is not published at {path}") from None
             return VolumeStats(block=False, total=0, abnormal="the volume's partition is on no readable pool disk")
         if mount is None or not _same_device(mount, vol):
             raise NotFound(f"volume {volume_id} is not published at {path}")
@@ -232,10 +244,16 @@ def _same_device(mount: MountInfo, vol: LocatedVolume) -> bool:
     return mount.major_minor == vol.major_minor or mount.source == vol.device
 
 
+def _missing_parent(path: str) -> FailedPrecondition:
+    return FailedPrecondition(f"the parent directory of {path} does not exist (the CO creates it)")
+
+
 def _make_dir(path: str) -> bool:
     try:
         os.mkdir(path, 0o750)
         return True
+    except FileNotFoundError:
+        raise _missing_parent(path) from None
     except FileExistsError:
         if not os.path.isdir(path):
             raise AlreadyExists(f"{path} exists and is not a directory") from None
@@ -247,6 +265,8 @@ def _make_file(path: str) -> bool:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o640)
         os.close(fd)
         return True
+    except FileNotFoundError:
+        raise _missing_parent(path) from None
     except FileExistsError:
         if not os.path.isfile(path):
             raise AlreadyExists(f"{path} exists and is not a regular file") from None

@@ -178,3 +178,52 @@ def test_unpublish_touches_only_its_own_volume(cluster: Cluster, volume) -> None
         assert path.exists(), path
     unpublish(cluster.node_channel, volume.volume_id, str(plain))
     assert plain.read_text() == "someone's file"
+
+
+def test_republish_and_stats_are_strict(cluster: Cluster, volume) -> None:  # type: ignore[no-untyped-def]
+    """Republishing at the same target with another filesystem type or access type is ALREADY_EXISTS; a target
+    whose parent is missing is FAILED_PRECONDITION (no traceback); stats of a path that is another volume's mount,
+    or a plain directory, are NOT_FOUND."""
+    target = str(cluster.workdir / "strict")
+    publish(cluster.node_channel, volume, target, mount_cap("ext4"))
+    other = create(cluster.controller_channel, f"pvc-{uuid.uuid4()}", MIB)
+    other_target = str(cluster.workdir / "strict-other")
+    publish(cluster.node_channel, other, other_target, mount_cap("ext4"))
+    try:
+        publish(cluster.node_channel, volume, target, mount_cap("ext4"))  # the same again: OK
+        for cap in (mount_cap("xfs"), block_cap()):
+            got, msg = code_of(lambda c=cap: publish(cluster.node_channel, volume, target, c))
+            assert got == C.ALREADY_EXISTS, msg
+        got, msg = code_of(lambda: publish(cluster.node_channel, volume, str(cluster.workdir / "no" / "such")))
+        assert got == C.FAILED_PRECONDITION and "parent directory" in msg, msg
+        node = csi_pb2_grpc.NodeStub(cluster.node_channel)
+        for vid, path in (
+            (volume.volume_id, other_target),
+            (f"pvc-{uuid.uuid4()}", target),
+            (volume.volume_id, str(cluster.workdir)),
+        ):
+            req = csi_pb2.NodeGetVolumeStatsRequest(volume_id=vid, volume_path=path)
+            got, msg = code_of(lambda r=req: node.NodeGetVolumeStats(r, timeout=30))
+            assert got == C.NOT_FOUND, (vid, path, msg)
+    finally:
+        unpublish(cluster.node_channel, other.volume_id, other_target)
+        unpublish(cluster.node_channel, volume.volume_id, target)
+        delete(cluster.controller_channel, other.volume_id)
+
+
+def test_unimplemented_rpcs_answer_plainly(cluster: Cluster) -> None:
+    """RPCs the driver does not offer answer UNIMPLEMENTED and log one line each, never a traceback."""
+    node = csi_pb2_grpc.NodeStub(cluster.node_channel)
+    ctl = csi_pb2_grpc.ControllerStub(cluster.controller_channel)
+    calls = [
+        lambda: node.NodeStageVolume(csi_pb2.NodeStageVolumeRequest(volume_id="pvc-x"), timeout=10),
+        lambda: node.NodeExpandVolume(csi_pb2.NodeExpandVolumeRequest(volume_id="pvc-x"), timeout=10),
+        lambda: ctl.ControllerPublishVolume(csi_pb2.ControllerPublishVolumeRequest(volume_id="pvc-x"), timeout=10),
+        lambda: ctl.CreateSnapshot(csi_pb2.CreateSnapshotRequest(name="s"), timeout=10),
+    ]
+    for call in calls * 3:
+        got, msg = code_of(call)
+        assert got == C.UNIMPLEMENTED and "not supported" in msg, msg
+    for proc in cluster.driver.processes.values():
+        log = proc.log.read_text()
+        assert "NotImplementedError" not in log and "Method not implemented" not in log, proc.name
