@@ -116,7 +116,9 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             w(volume_id)
 
     async def readiness() -> str | None:
-        return None if reporter_box and reporter_box[0].scanned.is_set() else "first disk scan not done"
+        return (
+            None if reporter_box and reporter_box[0].scanned.is_set() else "first disk scan not in the DeviceNode yet"
+        )
 
     server = await start_server(
         settings.socket_path,

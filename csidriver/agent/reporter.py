@@ -115,8 +115,10 @@ class NodeReporter:
             self._known.update({d.guid: d for d in self.disks})
             for d in newly:
                 log.error("pool disk %s (%s, pool %s) failed: unreadable or gone", d.guid, d.path, d.pool)
-            self.scanned.set()
             await self._publish(devices_of(self.disks, self.failed))
+            # Ready (Probe) only once the DeviceNode holds this scan: a CreateVolume right after the agent starts
+            # must find its pools.
+            self.scanned.set()
             self._completed = ticket
             return self.disks
 

@@ -40,7 +40,12 @@ class InitPlan:
 def _whole_disk(device: str) -> tuple[str, set[str]]:
     """The disk's real path and the major:minor of it and of each of its partitions."""
     real = os.path.realpath(device)
-    st = os.stat(real)
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        raise InitDiskRefused(f"{device} does not exist") from None
+    except OSError as e:
+        raise InitDiskRefused(f"{device} cannot be read: {e.strerror}") from None
     if not stat.S_ISBLK(st.st_mode):
         raise InitDiskRefused(f"{device} is not a block device")
     name = os.path.basename(real)

@@ -84,6 +84,10 @@ def test_init_disk(cluster: Cluster) -> None:
     assert refused.returncode == 1 and "ext4" in refused.stderr
     hostile = plugin(cluster, "init-disk", blank.device, "--pool", 'a"; rm -rf /', "--force", check=False)
     assert hostile.returncode == 1 and blank.sha256() == sha
+    for missing in ("/dev/no-such-disk", str(cluster.workdir / "nothing-here")):
+        refused = plugin(cluster, "init-disk", missing, "--pool", "x", check=False)
+        assert refused.returncode == 1 and "does not exist" in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr, refused.stderr
     # A mounted disk is refused even with --force.
     target = cluster.workdir / "mounted-foreign"
     target.mkdir()
