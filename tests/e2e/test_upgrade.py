@@ -1,6 +1,6 @@
 """Upgrade from the original driver (v0.9.0) to this one, the rolling-upgrade window in both orders, and rollback:
 both drivers as real processes on one API server (our CRDs applied first, as docs/upgrade.md says) and one pool
-disk. The modules' tests run in order and build on each other's objects, as an upgrade does.
+disk. This module's tests run in order and build on each other's objects, as an upgrade does.
 
 A fresh API server of its own: the original's components act on every object of their namespace."""
 

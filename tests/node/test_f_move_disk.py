@@ -147,8 +147,12 @@ def test_the_documented_disk_move_on_real_kubelets(two_nodes: NodeCluster) -> No
         assert guid not in {str(d["uuid"]).upper() for d in node.device_node_disks(NODE)}
         seen = reasons(node)
         assert "DiskFailed" not in seen, seen
-        moves = [r for r in seen if r in ("DiskDetached", "DiskMoved", "ClaimLost", "Migrated")]
-        assert moves[-2:] == ["ClaimLost", "Migrated"] and len(moves) >= 3, seen
+        # Both agents notice the swap within their 5 s check, in either order, so the disk Events may come in either
+        # order (and DiskMoved from both sides); what must hold: a move Event before the PV is rewritten, and the
+        # Migrated explanation after the ClaimLost it explains.
+        lost = seen.index("ClaimLost")
+        assert {"DiskDetached", "DiskMoved"} & set(seen[:lost]), seen
+        assert "Migrated" in seen[lost:], seen
     finally:
         node.kubectl("delete", "deployment", APP, "--ignore-not-found", "--wait=true")
         wait_for("the Pods gone", lambda: not node.real.get("pods", "-l", f"app={APP}")["items"], 120)
