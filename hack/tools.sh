@@ -69,6 +69,17 @@ build_csi_sanity() {
   mv "$out.tmp" "$out"
 }
 
+# Copies the versioned replace directives of go.mod file $1 into the module of the current directory (modules whose
+# go.mod replaces dependencies cannot be built with `go install mod@ver`).
+copy_replaces() {
+  go mod edit -json "$1" | python3 -c '
+import json, sys
+for r in json.load(sys.stdin).get("Replace") or []:
+    if r["New"].get("Version"):
+        print("%s=%s@%s" % (r["Old"]["Path"], r["New"]["Path"], r["New"]["Version"]))' |
+    while read -r rep; do go mod edit -replace "$rep"; done
+}
+
 # The provisioner's go.mod carries replace directives: copy them (versioned ones only) into a scratch module.
 build_provisioner() {
   local out; out=$(bin_dir external-provisioner "$EXTERNAL_PROVISIONER_VERSION-stripped")
@@ -79,12 +90,7 @@ build_provisioner() {
   local gomod; gomod=$(go mod download -json "$mod@$EXTERNAL_PROVISIONER_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
   (
     cd "$d"
-    go mod edit -json "$gomod" | python3 -c '
-import json, sys
-for r in json.load(sys.stdin).get("Replace") or []:
-    if r["New"].get("Version"):
-        print("%s=%s@%s" % (r["Old"]["Path"], r["New"]["Path"], r["New"]["Version"]))' |
-      while read -r rep; do go mod edit -replace "$rep"; done
+    copy_replaces "$gomod"
     go get "$mod/cmd/csi-provisioner@$EXTERNAL_PROVISIONER_VERSION" >&2
     go build -ldflags "-s -w -X main.version=$EXTERNAL_PROVISIONER_VERSION" -o "$out.tmp/csi-provisioner" \
       "$mod/cmd/csi-provisioner" >&2
@@ -103,12 +109,7 @@ build_original() {
   local gomod; gomod=$(go mod download -json "$mod@$ORIGINAL_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
   (
     cd "$d"
-    go mod edit -json "$gomod" | python3 -c '
-import json, sys
-for r in json.load(sys.stdin).get("Replace") or []:
-    if r["New"].get("Version"):
-        print("%s=%s@%s" % (r["Old"]["Path"], r["New"]["Path"], r["New"]["Version"]))' |
-      while read -r rep; do go mod edit -replace "$rep"; done
+    copy_replaces "$gomod"
     go get "$mod/cmd@$ORIGINAL_VERSION" >&2
     local v=$mod/pkg/version
     go build -ldflags "-s -w -X $v.Version=$ORIGINAL_VERSION -X $v.VersionMeta=released -X $v.GitCommit=$ORIGINAL_VERSION" \

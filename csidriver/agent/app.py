@@ -19,7 +19,7 @@ from csidriver.agent.reporter import NodeReporter
 from csidriver.agent.volumes import VolumeReconciler
 from csidriver.agent.workqueue import WorkQueue
 from csidriver.api import constants as c
-from csidriver.api.objects import cordoned_disks, volume_from_dict
+from csidriver.api.objects import cordoned_disks
 from csidriver.config import Settings
 from csidriver.csi import csi_pb2_grpc
 from csidriver.host import DiskInventory, Filesystems, Mounter, PartitionManager, Runner
@@ -156,7 +156,9 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             informer = kube.volume_informer(settings.node_id)
 
             def held() -> set[str]:
-                return {volume_from_dict(v).placement.disk_guid.upper() for v in informer.cache.values()} - {""}
+                return {str((v.get("status") or {}).get("diskGUID") or "").upper() for v in informer.cache.values()} - {
+                    ""
+                }
 
             reporter = NodeReporter(
                 kube, inventory, settings.node_id, topology, owner, settings.resync_seconds, held=held

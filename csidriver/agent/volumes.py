@@ -138,8 +138,9 @@ class VolumeReconciler:
             # The partition exists: a crash came between carving and Ready (wipe it, never handed out yet), or this
             # is a second pass from a cache that has not seen our own Ready yet (an event from adding the finalizer
             # queued it again). Wiping then would destroy data a Pod may already have written: ask the API server.
-            fresh = await self._kube.get_volume(vol.name)
-            if fresh is None or volume_from_dict(fresh).state is not State.PENDING or volume_from_dict(fresh).deleting:
+            raw_fresh = await self._kube.get_volume(vol.name)
+            fresh = volume_from_dict(raw_fresh) if raw_fresh is not None else None
+            if fresh is None or fresh.state is not State.PENDING or fresh.deleting:
                 log.info("volume %s: already past Pending on the API server; the cache will catch up", vol.name)
                 return
             # Idempotent: returns the existing partition and tells the kernel about it if a crash came first.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from kubernetes_asyncio import client
@@ -184,15 +184,19 @@ class Kube:
         return out
 
     # -- core: persistent volumes and their consumers (operators' commands) -------------------------------
-    async def get_pv(self, name: str) -> Obj | None:
+    async def _read(self, call: Awaitable[Any]) -> Obj | None:
+        """A read of a core or cluster-scoped object as a dict; None when it does not exist."""
         try:
-            pv = await self._core.read_persistent_volume(name)
+            got = await call
         except ApiException as e:
             if e.status == 404:
                 return None
             raise
-        out: Obj = self.api.sanitize_for_serialization(pv)
+        out: Obj = self.api.sanitize_for_serialization(got)
         return out
+
+    async def get_pv(self, name: str) -> Obj | None:
+        return await self._read(self._core.read_persistent_volume(name))
 
     async def patch_pv(self, name: str, patch: Mapping[str, Any]) -> None:
         """Patching an absent PV is a no-op (it may have just finished deleting)."""
@@ -217,14 +221,7 @@ class Kube:
 
     # -- cluster-wide reads for `upgrade-check` ----------------------------------------------------------------
     async def get_crd(self, name: str) -> Obj | None:
-        try:
-            crd = await client.ApiextensionsV1Api(self.api).read_custom_resource_definition(name)
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
-        out: Obj = self.api.sanitize_for_serialization(crd)
-        return out
+        return await self._read(client.ApiextensionsV1Api(self.api).read_custom_resource_definition(name))
 
     async def list_storage_classes(self) -> list[Obj]:
         classes = await client.StorageV1Api(self.api).list_storage_class()
@@ -250,14 +247,7 @@ class Kube:
 
     # -- core ---------------------------------------------------------------------------------------------
     async def get_node(self, name: str) -> Obj | None:
-        try:
-            node = await self._core.read_node(name)
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
-        out: Obj = self.api.sanitize_for_serialization(node)
-        return out
+        return await self._read(self._core.read_node(name))
 
     async def record_event(self, obj: Mapping[str, Any], kind: str, event_type: str, reason: str, message: str) -> None:
         """Best effort: an Event that cannot be written is logged, never fatal."""

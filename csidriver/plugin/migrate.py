@@ -148,9 +148,7 @@ async def migrate_disk(
     if guid not in await _target_disks(kube, target):
         raise MigrationError(f"the agent on {target} does not report disk {guid} as healthy: move it first")
     volumes = sorted(
-        volume_from_dict(v).name
-        for v in await kube.list_volumes()
-        if volume_from_dict(v).placement.disk_guid.upper() == guid
+        v.name for v in map(volume_from_dict, await kube.list_volumes()) if v.placement.disk_guid.upper() == guid
     )
     gate = asyncio.Semaphore(PARALLEL)
 

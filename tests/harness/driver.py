@@ -18,6 +18,33 @@ from tests.harness.apiserver import NAMESPACE, ApiServer, spawn
 from tests.harness.tools import ROOT
 
 
+def wait_probe(
+    name: str,
+    proc: subprocess.Popen[bytes] | None,
+    socket: str,
+    log: Path,
+    timeout: float,
+    need_ready: bool = True,
+) -> None:
+    """Until the CSI Identity service on `socket` answers Probe (with ready=true when `need_ready`); raises with
+    the log's tail when the process exits or the time is up."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{name} exited {proc.returncode}:\n{log.read_text()[-4000:]}")
+        if os.path.exists(socket):
+            try:
+                with grpc.insecure_channel(f"unix://{socket}") as ch:
+                    r = csi_pb2_grpc.IdentityStub(ch).Probe(csi_pb2.ProbeRequest(), timeout=2)
+                    if r.ready.value or not need_ready:
+                        return
+            except grpc.RpcError as e:
+                last = str(e.details())
+        time.sleep(0.1)
+    raise RuntimeError(f"{name} not ready after {timeout}s ({last}):\n{log.read_text()[-4000:]}")
+
+
 @dataclass
 class Process:
     name: str
@@ -32,21 +59,7 @@ class Process:
         return self
 
     def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        last = ""
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited {self.proc.returncode}:\n{self.log.read_text()[-4000:]}")
-            if os.path.exists(self.socket):
-                try:
-                    with grpc.insecure_channel(f"unix://{self.socket}") as ch:
-                        r = csi_pb2_grpc.IdentityStub(ch).Probe(csi_pb2.ProbeRequest(), timeout=2)
-                        if r.ready.value:
-                            return
-                except grpc.RpcError as e:
-                    last = str(e.details())
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.name} not ready after {timeout}s ({last}):\n{self.log.read_text()[-4000:]}")
+        wait_probe(self.name, self.proc, self.socket, self.log, timeout)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -42,7 +42,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,8 +50,8 @@ from urllib.parse import urlsplit
 
 import grpc
 
-from csidriver.csi import csi_pb2, csi_pb2_grpc
 from tests.harness.apiserver import ApiServer, spawn
+from tests.harness.driver import wait_probe
 from tests.harness.tools import ROOT
 
 # Where the original's own manifests put its ServiceAccounts, and their names there.
@@ -178,21 +177,9 @@ class OriginalProcess:
         return self
 
     def wait_ready(self, timeout: float = 60) -> None:
-        """Until its Identity service answers Probe (the controller serves only after its informers synced)."""
-        deadline = time.monotonic() + timeout
-        last = ""
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited {self.proc.returncode}:\n{self.log.read_text()[-4000:]}")
-            if os.path.exists(self.socket):
-                try:
-                    with grpc.insecure_channel(f"unix://{self.socket}") as ch:
-                        csi_pb2_grpc.IdentityStub(ch).Probe(csi_pb2.ProbeRequest(), timeout=2)
-                        return
-                except grpc.RpcError as e:
-                    last = str(e.details())
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.name} not ready after {timeout}s ({last}):\n{self.log.read_text()[-4000:]}")
+        """Until its Identity service answers Probe (it leaves `ready` unset; the controller serves only after its
+        informers synced)."""
+        wait_probe(self.name, self.proc, self.socket, self.log, timeout, need_ready=False)
 
     def channel(self) -> grpc.Channel:
         return grpc.insecure_channel(f"unix://{self.socket}")
