@@ -19,6 +19,7 @@ from csidriver.api import constants as c
 from csidriver.api import naming
 from csidriver.host.parsers import MountInfo
 from csidriver.services.errors import AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound
+from csidriver.services.mountflags import FORCED
 from csidriver.services.requests import DEFAULT_FS, Capability, capability_problem
 
 
@@ -155,7 +156,7 @@ class Publisher:
                 f"{vol.device} already holds {found.get('TYPE') or 'an unknown signature'}, not {fstype}"
             )
         created = await asyncio.to_thread(_make_dir, target)
-        options = [*cap.mount_flags, *(["ro"] if read_only else [])]
+        options = [*cap.mount_flags, *(["ro"] if read_only else []), *FORCED]
         try:
             await self._host.mount(vol.device, target, fstype, options)
         except Exception:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from csidriver.api import constants as c
 from csidriver.api import naming
 from csidriver.services.errors import InvalidArgument, OutOfRange
+from csidriver.services.mountflags import flag_problem
 from scheduler import Policy
 
 
@@ -29,7 +29,6 @@ SINGLE_NODE_MODES = frozenset(
 )
 SUPPORTED_FS = ("ext4", "xfs", "btrfs")
 DEFAULT_FS = "ext4"
-_MOUNT_FLAG = re.compile(r"[A-Za-z0-9_=.:/+@-]{1,256}")
 
 
 @dataclass(frozen=True)
@@ -46,9 +45,12 @@ def capability_problem(cap: Capability) -> str | None:
         return f"access mode {cap.access_mode.name} is not supported: a local volume serves a single node"
     if not cap.block and cap.fs_type and cap.fs_type not in SUPPORTED_FS:
         return f"filesystem {cap.fs_type!r} is not supported (supported: {', '.join(SUPPORTED_FS)})"
+    if cap.block and cap.mount_flags:
+        return "mount flags apply to filesystem volumes only, not to raw block volumes"
     for flag in cap.mount_flags:
-        if not _MOUNT_FLAG.fullmatch(flag) or flag.startswith("-"):
-            return f"mount flag {flag!r} is not allowed"
+        problem = flag_problem(flag, cap.fs_type or DEFAULT_FS)
+        if problem:
+            return problem
     return None
 
 
