@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import datetime
+import json
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -15,6 +19,8 @@ from csidriver.kube.informer import Informer
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 class Conflict(Exception):
@@ -34,6 +40,37 @@ def _translate(e: ApiException) -> Exception:
 
 
 _MERGE_PATCH = "application/merge-patch+json"
+EVENT_AGGREGATION_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class _Recorded:
+    name: str
+    namespace: str
+    count: int
+    first: float  # monotonic time of the first occurrence
+
+
+class _Bounded(Generic[K, V]):
+    """A small LRU map: the Events this process wrote recently, so repeats can be aggregated."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        return self._items.get(key)
+
+    def put(self, key: K, value: V) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self._size:
+            self._items.popitem(last=False)
+
+    def pop(self, key: K) -> None:
+        self._items.pop(key, None)
+
+
 _JSON_PATCH = "application/json-patch+json"
 
 
@@ -49,12 +86,24 @@ class Kube:
         self._component = component
         self._custom: Any = client.CustomObjectsApi(api)
         self._core: Any = client.CoreV1Api(api)
+        self._coord: Any = client.CoordinationV1Api(api)
+        self._events: _Bounded[tuple[str, ...], _Recorded] = _Bounded(4096)
 
     def _list_volumes(self, **kw: Any) -> Any:
         return self._custom.list_namespaced_custom_object(c.GROUP, self.version, self.namespace, c.VOLUME_PLURAL, **kw)
 
     def _list_nodes(self, **kw: Any) -> Any:
         return self._custom.list_namespaced_custom_object(c.GROUP, self.version, self.namespace, c.NODE_PLURAL, **kw)
+
+    async def _list_heartbeats(self, **kw: Any) -> Any:
+        if "_preload_content" in kw:  # a watch: the stream reads the response itself
+            return await self._coord.list_namespaced_lease(self.namespace, **kw)
+        resp = await self._coord.list_namespaced_lease(self.namespace, _preload_content=False, **kw)
+        return json.loads(await resp.read())
+
+    def heartbeat_informer(self) -> Informer:
+        """The agents' heartbeat Leases of the namespace (server-side filtered by their label)."""
+        return Informer(self._list_heartbeats, what="heartbeats", label_selector=c.HEARTBEAT_LABEL)
 
     def volume_informer(self, node: str | None = None) -> Informer:
         """All volumes of the namespace, or (server-side filtered) only those owned by `node`. The filter is the
@@ -101,9 +150,19 @@ class Kube:
         )
         return obj
 
-    async def delete_volume(self, name: str) -> None:
-        """Deleting an absent volume succeeds."""
-        await self._call("delete_namespaced_custom_object", c.VOLUME_PLURAL, name, absent_ok=True)
+    async def delete_volume(self, name: str, resource_version: str = "") -> bool:
+        """Deleting an absent volume succeeds. With `resource_version`, only that version of it is deleted: False
+        when the object changed since."""
+        kw: dict[str, Any] = {}
+        if resource_version:
+            kw["body"] = {"preconditions": {"resourceVersion": resource_version}}
+        try:
+            await self._call("delete_namespaced_custom_object", c.VOLUME_PLURAL, name, absent_ok=True, **kw)
+        except Conflict:
+            if not resource_version:
+                raise
+            return False
+        return True
 
     async def patch_volume(self, name: str, patch: Mapping[str, Any]) -> Obj:
         obj: Obj = await self._call(
@@ -250,29 +309,53 @@ class Kube:
         return await self._read(self._core.read_node(name))
 
     async def record_event(self, obj: Mapping[str, Any], kind: str, event_type: str, reason: str, message: str) -> None:
-        """Best effort: an Event that cannot be written is logged, never fatal."""
+        """Best effort: an Event that cannot be written is logged, never fatal.
+
+        Repeats are aggregated as Kubernetes' own recorders do: the same reason and message on the same object
+        within `EVENT_AGGREGATION_SECONDS` raise the count and lastTimestamp of the Event already written (one
+        merge patch) instead of adding another object, so a retried failure shows as one Event with a count."""
         meta = obj.get("metadata") or {}
+        namespace = meta.get("namespace") or self.namespace
         now = datetime.datetime.now(datetime.UTC)
-        body = {
-            "metadata": {"generateName": f"{meta.get('name', 'obj')}.", "namespace": meta.get("namespace")},
-            "involvedObject": {
-                "apiVersion": obj.get("apiVersion", c.API_VERSION),
-                "kind": kind,
-                "name": meta.get("name"),
-                "namespace": meta.get("namespace"),
-                "uid": meta.get("uid"),
-                "resourceVersion": meta.get("resourceVersion"),
-            },
-            "type": event_type,
-            "reason": reason,
-            "message": message[:1024],
-            "source": {"component": self._component},
-            "firstTimestamp": now.isoformat(),
-            "lastTimestamp": now.isoformat(),
-            "count": 1,
-            "reportingComponent": self._component,
-        }
+        key = (kind, namespace, str(meta.get("name")), str(meta.get("uid")), event_type, reason, message[:1024])
         try:
-            await self._core.create_namespaced_event(meta.get("namespace") or self.namespace, body)
+            if await self._bump_event(key, now):
+                return
+            body = {
+                "metadata": {"generateName": f"{meta.get('name', 'obj')}.", "namespace": namespace},
+                "involvedObject": {
+                    "apiVersion": obj.get("apiVersion", c.API_VERSION),
+                    "kind": kind,
+                    "name": meta.get("name"),
+                    "namespace": meta.get("namespace"),
+                    "uid": meta.get("uid"),
+                    "resourceVersion": meta.get("resourceVersion"),
+                },
+                "type": event_type,
+                "reason": reason,
+                "message": message[:1024],
+                "source": {"component": self._component},
+                "firstTimestamp": now.isoformat(),
+                "lastTimestamp": now.isoformat(),
+                "count": 1,
+                "reportingComponent": self._component,
+            }
+            made = await self._core.create_namespaced_event(namespace, body)
+            self._events.put(key, _Recorded(made.metadata.name, namespace, 1, time.monotonic()))
         except Exception as e:
             log.warning("could not record event %s on %s: %s", reason, meta.get("name"), e)
+
+    async def _bump_event(self, key: tuple[str, ...], now: datetime.datetime) -> bool:
+        seen = self._events.get(key)
+        if seen is None or time.monotonic() - seen.first > EVENT_AGGREGATION_SECONDS:
+            return False
+        patch = {"count": seen.count + 1, "lastTimestamp": now.isoformat()}
+        try:
+            await self._core.patch_namespaced_event(seen.name, seen.namespace, patch, _content_type=_MERGE_PATCH)
+        except ApiException as e:
+            if e.status != 404:  # the Event expired (the API server keeps Events for an hour): write a new one
+                raise
+            self._events.pop(key)
+            return False
+        self._events.put(key, _Recorded(seen.name, seen.namespace, seen.count + 1, seen.first))
+        return True
