@@ -52,6 +52,7 @@ class Settings:
     registration_dir: str | None
     lease_writer: str  # "driver": elect on the Lease; "sidecar": follow the Lease csi-provisioner writes
     publish_roots: tuple[str, ...] = ()  # NodePublish/Unpublish targets must lie under one of these directories
+    heartbeat_seconds: float = 10.0  # the agent renews its heartbeat Lease this often (it lasts 4 periods)
 
     @property
     def socket_path(self) -> str:
@@ -84,6 +85,7 @@ _ENV: Mapping[str, tuple[str, str]] = {
     "registration_dir": ("KUBELET_REGISTRATION_DIR", ""),
     "lease_writer": ("LEASE_WRITER", "driver"),
     # Where kubelet puts publish targets: mount targets under pods/, raw block targets under plugins/kubernetes.io/csi.
+    "heartbeat_seconds": ("HEARTBEAT_SECONDS", "10"),
     "publish_roots": ("PUBLISH_ROOTS", "/var/lib/kubelet/pods,/var/lib/kubelet/plugins/kubernetes.io/csi"),
 }
 
@@ -182,6 +184,7 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
         registration_dir=opt("registration_dir"),
         lease_writer=_choice("lease_writer", raw["lease_writer"], ("driver", "sidecar")),
         publish_roots=roots,
+        heartbeat_seconds=_number("heartbeat_seconds", raw["heartbeat_seconds"], float, 0.5),
     )
 
 

@@ -24,6 +24,7 @@ from csidriver.config import Settings
 from csidriver.csi import csi_pb2_grpc
 from csidriver.host import DiskInventory, Filesystems, Mounter, PartitionManager, Runner
 from csidriver.kube.client import make_api_client
+from csidriver.kube.heartbeat import Heartbeat
 from csidriver.kube.resources import Kube
 from csidriver.metrics import Metrics
 from csidriver.pluginregistration import api_pb2_grpc
@@ -185,6 +186,10 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             informer.subscribe(left)
             metrics.add_collector(lambda: _queue_metrics(queue))
             await _first_scan(reporter)
+            # Alive for the controller's scheduling only from here: its DeviceNode is written.
+            tg.create_task(
+                Heartbeat(api, settings.namespace, settings.node_id, settings.heartbeat_seconds, owner).run()
+            )
             tg.create_task(reporter.run())
             tg.create_task(informer.run())
             tg.create_task(own_node.run())

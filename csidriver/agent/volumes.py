@@ -128,7 +128,21 @@ class VolumeReconciler:
     def _pool_disks(self, pool: str) -> list[PoolDisk]:
         return [d for d in self._reporter.disks if d.pool == pool]
 
+    async def _not_released(self, vol: DeviceVolume, reason: str, message: str) -> None:
+        """Say in status why the deletion waits (the controller answers DeleteVolume from it); written only when
+        the reason or message changes, not on every retry."""
+        cond = {**_condition(False, reason, message), "type": c.RELEASED_CONDITION}
+        same = (cond["type"], reason, cond["message"])
+        if any((old.get("type"), old.get("reason"), old.get("message")) == same for old in vol.conditions):
+            return
+        await self._kube.patch_volume_status(vol.name, {"conditions": _with(vol, cond)})
+
     async def _create(self, vol: DeviceVolume, raw: Mapping[str, Any]) -> None:
+        if vol.capacity <= 0:
+            # Never written by a controller; an object made by hand, or one whose capacity cannot be read.
+            why = f"spec.capacity must be a positive number of bytes; read {vol.capacity} from this object"
+            await self._fail(vol, raw, ErrorCode.INTERNAL, why)
+            return
         if c.FINALIZER not in vol.finalizers:
             await self._kube.add_finalizer(vol.name, vol.finalizers, c.FINALIZER)
         pname = naming.partition_name(vol.name)
@@ -237,14 +251,17 @@ class VolumeReconciler:
                 await self._parts.delete(disk.path, vol.pool, pname)
             except PartitionBusy as e:
                 await self._kube.record_event(raw, c.VOLUME_KIND, "Warning", "DeleteBlocked", str(e))
+                await self._not_released(vol, c.RELEASE_IN_USE, f"node {self._node}: {e}")
                 raise Retry(str(e)) from e
             await self._reporter.refresh()
         elif vol.placement.disk_guid and vol.placement.disk_guid not in {d.guid for d in self._reporter.disks}:
             msg = (
                 f"disk {vol.placement.disk_guid} ({vol.placement.disk_path}) holding this volume is not present "
-                "on the node; the partition cannot be wiped and removed"
+                f"or not readable on node {self._node}; the partition cannot be wiped and removed until the disk "
+                "is back (or the node is released with `kubectl device-localpv release-node`)"
             )
             await self._kube.record_event(raw, c.VOLUME_KIND, "Warning", "DiskMissing", msg)
+            await self._not_released(vol, c.RELEASE_DISK_MISSING, msg)
             raise Retry(msg)
         await self._kube.remove_finalizer(vol.name, vol.finalizers, c.FINALIZER)
         log.info("volume %s deleted", vol.name)

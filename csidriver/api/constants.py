@@ -30,3 +30,12 @@ MIB: Final = 1 << 20
 GIB: Final = 1 << 30
 DEFAULT_VOLUME_SIZE: Final = GIB
 MAX_GPT_NAME: Final = 36
+
+# Condition on a DeviceVolume being deleted that says why its partition is not released yet (status False).
+RELEASED_CONDITION = "Released"
+RELEASE_IN_USE = "InUse"
+RELEASE_DISK_MISSING = "DiskMissing"
+
+# Each agent renews a Lease named by naming.heartbeat_name(node) in the driver namespace, with this label; the
+# controller places volumes only on nodes whose agent renewed it recently.
+HEARTBEAT_LABEL: Final = "local.openebs.io/agent-heartbeat"

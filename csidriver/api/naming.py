@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 
@@ -38,3 +39,12 @@ def is_valid_volume_id(volume_id: str) -> bool:
 
 def is_valid_pool(pool: str) -> bool:
     return _POOL.fullmatch(pool) is not None
+
+
+def heartbeat_name(node: str) -> str:
+    """The agent's heartbeat Lease: `device-localpv-agent.<node>`, or a digest of the node name when that would
+    exceed the 253 characters an object name may have (the Lease's holderIdentity carries the node name)."""
+    name = f"device-localpv-agent.{node}"
+    if len(name) <= 253:
+        return name
+    return "device-localpv-agent." + hashlib.sha256(node.encode()).hexdigest()

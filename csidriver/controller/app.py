@@ -44,8 +44,10 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     cluster = ClusterState()
     volumes = kube.volume_informer()
     nodes = kube.node_informer()
+    heartbeats = kube.heartbeat_informer()
     volumes.subscribe(cluster.on_volume)
     nodes.subscribe(cluster.on_node)
+    heartbeats.subscribe(cluster.on_heartbeat)
     metrics = Metrics()
     metrics.api_requests(api.requests)
     metrics.add_collector(lambda: _load_metrics(cluster))
@@ -57,6 +59,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             return "DeviceVolume cache not synced"
         if not nodes.synced.is_set():
             return "DeviceNode cache not synced"
+        if not heartbeats.synced.is_set():
+            return "agent heartbeat cache not synced"
         if elector is not None and not elector.attempted.is_set():
             return "leader election not tried yet"
         return None
@@ -101,6 +105,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             tg.create_task(until_stopped(stop))
             tg.create_task(volumes.run())
             tg.create_task(nodes.run())
+            tg.create_task(heartbeats.run())
             if elector is not None:
                 tg.create_task(elector.run())
     except* Shutdown:

@@ -9,15 +9,29 @@ worst case double-counts for an instant (conservative), never under-counts.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from csidriver.api import naming
 from csidriver.api.objects import DeviceNode, DeviceVolume, State, node_from_dict, volume_from_dict
 from scheduler import DiskState, NodeState
 
 Predicate = Callable[[DeviceVolume | None], bool]
+
+
+@dataclass(frozen=True)
+class _Beat:
+    stamp: str  # the Lease's renewTime as last seen
+    seen: float  # our monotonic clock when that renewTime was first seen
+    duration: float  # the Lease's leaseDurationSeconds
+
+
+# Allowed difference between a node's clock and ours, when judging a Lease seen for the first time by its renewTime.
+CLOCK_SKEW = 5.0
 
 
 @dataclass(frozen=True)
@@ -28,7 +42,15 @@ class Reservation:
 
 
 class ClusterState:
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC),
+    ) -> None:
+        self._clock = clock
+        self._wall = wall
+        self._beats: dict[str, _Beat] = {}  # node -> its agent's last heartbeat
+        self._beat_nodes: dict[str, str] = {}  # Lease name -> node
         self.nodes: dict[str, DeviceNode] = {}
         self.volumes: dict[str, DeviceVolume] = {}
         self._load: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])  # (node,pool) -> bytes, count
@@ -58,6 +80,56 @@ class ClusterState:
         else:
             self.nodes[name] = node_from_dict(new)
             self._dirty.add(name)
+
+    def on_heartbeat(self, name: str, _old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> None:
+        """An agent's heartbeat Lease changed. Expiry is judged on our own clock from when a renewal was first seen
+        (clock skew between nodes does not matter); a Lease seen for the first time (at start) is dated by its
+        renewTime, less CLOCK_SKEW, so a long-dead agent is not taken for alive for a whole duration."""
+        if new is None:
+            node = self._beat_nodes.pop(name, "")
+            self._beats.pop(node, None)
+            return
+        spec = new.get("spec") or {}
+        node = str(spec.get("holderIdentity") or "")
+        if not node:
+            return
+        self._beat_nodes[name] = node
+        stamp = str(spec.get("renewTime") or "")
+        try:
+            duration = float(spec.get("leaseDurationSeconds") or 40)
+        except (TypeError, ValueError):
+            duration = 40.0
+        prev = self._beats.get(node)
+        if prev is not None and prev.stamp == stamp:
+            if prev.duration != duration:
+                self._beats[node] = _Beat(stamp, prev.seen, duration)
+            return
+        seen = self._clock()
+        if prev is None:
+            seen -= max(0.0, self._age(stamp) - CLOCK_SKEW)
+        self._beats[node] = _Beat(stamp, seen, duration)
+
+    def _age(self, stamp: str) -> float:
+        try:
+            renewed = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+            return (self._wall() - renewed).total_seconds()
+        except ValueError:
+            return 0.0
+
+    def agent_gone(self, node: str) -> str | None:
+        """Why the node's agent counts as gone (its heartbeat Lease was not renewed for the Lease's duration), or
+        None. A node with no heartbeat Lease at all is taken as alive: its agent is one that writes none (the
+        original driver's, during an upgrade or after a rollback)."""
+        beat = self._beats.get(node)
+        if beat is None:
+            return None
+        silent = self._clock() - beat.seen
+        if silent <= beat.duration:
+            return None
+        return (
+            f"its agent has not renewed its heartbeat (Lease {naming.heartbeat_name(node)}) for {silent:.0f} s"
+            " (the agent is not running, or cannot reach the API server)"
+        )
 
     def _account(self, vol: DeviceVolume, sign: int) -> None:
         load = self._load[(vol.owner_node, vol.pool)]

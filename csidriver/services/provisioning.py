@@ -15,10 +15,12 @@ from csidriver.services.errors import (
     Aborted,
     AlreadyExists,
     DeadlineExceeded,
+    FailedPrecondition,
     Internal,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    Unavailable,
 )
 from csidriver.services.requests import (
     Capability,
@@ -42,7 +44,7 @@ class VolumeStore(Protocol):
 
     async def get_volume(self, name: str) -> dict[str, Any] | None: ...
     async def create_volume(self, body: Mapping[str, Any]) -> dict[str, Any]: ...
-    async def delete_volume(self, name: str) -> None: ...
+    async def delete_volume(self, name: str, resource_version: str = "") -> bool: ...
 
 
 def node_labels(cluster: ClusterState, node: str) -> Mapping[str, str]:
@@ -67,6 +69,22 @@ def _settled() -> Callable[[DeviceVolume | None], bool]:
         return vol.deleting or vol.state is not State.PENDING
 
     return pred
+
+
+def _release_blocked(vol: DeviceVolume) -> str | None:
+    """The agent's reason why the partition of a deleted volume is not released yet (status condition), or None."""
+    for cond in vol.conditions:
+        if cond.get("type") == c.RELEASED_CONDITION and cond.get("status") == "False":
+            return str(cond.get("message") or cond.get("reason") or "blocked")
+    return None
+
+
+# Seconds between checks that a volume's agent is alive while a call waits on it.
+AGENT_CHECK = 1.0
+# Seconds DeleteVolume waits before answering with the agent's reason why a deletion is blocked.
+DELETE_GRACE = 5.0
+# Seconds to wait for the cache to drop a withdrawn placement.
+WITHDRAW_WAIT = 5.0
 
 
 class Provisioner:
@@ -105,12 +123,32 @@ class Provisioner:
         vol = volume_from_dict(raw)
         if vol.deleting:
             raise Aborted(f"volume {name} is still being deleted; retry shortly")
+        if await self._withdrawn(vol):
+            return None
         fits_range = vol.capacity >= req.required_bytes and (not req.limit_bytes or vol.capacity <= req.limit_bytes)
         if not fits_range or vol.pool != pool:
             raise AlreadyExists(
                 f"volume {name} exists with {vol.capacity} bytes in pool {vol.pool!r}, incompatible with this request"
             )
         return vol
+
+    async def _withdrawn(self, vol: DeviceVolume) -> bool:
+        """Take back a placement on a node whose agent is gone, when no agent has started on it yet (no finalizer:
+        our agent adds it before it touches a disk), so this request can place the volume elsewhere. The delete is
+        conditional on the version read, so an agent that just started on it wins."""
+        why = self._cluster.agent_gone(vol.owner_node)
+        if why is None or vol.state is not State.PENDING or vol.finalizers:
+            return False
+        if not await self._store.delete_volume(vol.name, vol.resource_version):
+            return False
+        log.warning("volume %s: placement on node %s withdrawn: %s", vol.name, vol.owner_node, why)
+        try:
+            await self._cluster.wait_for(vol.name, lambda v: v is None, WITHDRAW_WAIT)
+        except TimeoutError as e:
+            raise Aborted(
+                f"volume {vol.name}: its placement on node {vol.owner_node} was withdrawn ({why}); retry"
+            ) from e
+        return True
 
     def _candidates(self, req: CreateRequest) -> list[NodeState]:
         states = self._cluster.states()
@@ -143,16 +181,25 @@ class Provisioner:
                 f"no node of the requested topology ({wanted}) runs the driver: no DeviceNode reports from it"
                 " (a released node, or its agent is not running)"
             )
+        gone = {st.node: why for st in states if (why := self._cluster.agent_gone(st.node)) is not None}
+        live = [st for st in states if st.node not in gone]
         for node in self._preferred(req, [st.node for st in states]) if req.preferred else ():
-            if fits(self._cluster.node_state(node), pool, size):
+            if node not in gone and fits(self._cluster.node_state(node), pool, size):
                 return node
-        best = best_node(states, Request(pool=pool, size=size, policy=policy))
+        best = best_node(live, Request(pool=pool, size=size, policy=policy))
         if best is not None:
             return best
         if pool not in self._cluster.known_pools():
             known = ", ".join(sorted(self._cluster.known_pools())) or "none"
             raise ResourceExhausted(f"no node reports pool {pool!r} (pools known: {known})")
-        largest = max((pool_capacity(s, pool)[1] for s in states), default=0)
+        unreachable = sorted(st.node for st in states if st.node in gone and fits(st, pool, size))
+        if unreachable:
+            shown = "; ".join(f"node {n}: {gone[n]}" for n in unreachable[:3])
+            more = f" (and {len(unreachable) - 3} more)" if len(unreachable) > 3 else ""
+            raise ResourceExhausted(
+                f"only nodes whose agent is gone could fit {size} bytes in pool {pool!r}: {shown}{more}"
+            )
+        largest = max((pool_capacity(s, pool)[1] for s in live), default=0)
         where = "the requested topology" if req.requisite else "any node"
         raise ResourceExhausted(
             f"no node in {where} can fit {size} bytes in pool {pool!r}: largest free extent is {largest} bytes"
@@ -172,10 +219,7 @@ class Provisioner:
 
     async def _outcome(self, vol: DeviceVolume) -> CreatedVolume:
         name = vol.name
-        try:
-            final = await self._cluster.wait_for(name, _settled(), self._timeout)
-        except TimeoutError as e:
-            raise DeadlineExceeded(f"volume {name} is not ready yet on node {vol.owner_node}; retry") from e
+        final = await self._wait_on_node(vol, _settled(), "is not ready yet")
         if final is None or final.deleting:
             raise Aborted(f"volume {name} was deleted while it was being created")
         if final.state is State.FAILED:
@@ -192,6 +236,23 @@ class Provisioner:
             context={c.CTX_DEVICE_NAME: final.pool, c.CTX_CAS_TYPE: c.CAS_TYPE},
         )
 
+    async def _wait_on_node(self, vol: DeviceVolume, pred: Callable[[DeviceVolume | None], bool], what: str) -> Any:
+        """Wait for `pred` on the cached volume, for the timeout; answer at once (UNAVAILABLE) when the agent of
+        the volume's node is gone meanwhile, rather than at the end of the timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise DeadlineExceeded(f"volume {vol.name} {what} on node {vol.owner_node}; retry")
+            try:
+                return await self._cluster.wait_for(vol.name, pred, min(left, AGENT_CHECK))
+            except TimeoutError:
+                pass
+            why = self._cluster.agent_gone(vol.owner_node)
+            if why is not None:
+                raise Unavailable(f"volume {vol.name} {what}: node {vol.owner_node}: {why}")
+
     # -- DeleteVolume ----------------------------------------------------------------------------------------
     async def delete(self, volume_id: str) -> None:
         if not volume_id:
@@ -201,12 +262,32 @@ class Provisioner:
         if await self._store.get_volume(volume_id) is None:
             return
         await self._store.delete_volume(volume_id)
-        try:
-            await self._cluster.wait_for(volume_id, lambda v: v is None, self._timeout)
-        except TimeoutError as e:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        while True:
+            # Short slices: a deletion the agent reports blocked (mounted, disk missing) or whose agent is gone is
+            # answered within DELETE_GRACE, with the agent's reason, not at the end of the timeout.
+            left = deadline - loop.time()
+            try:
+                await self._cluster.wait_for(volume_id, lambda v: v is None, max(0.0, min(left, DELETE_GRACE)))
+                return
+            except TimeoutError:
+                pass
             vol = self._cluster.volumes.get(volume_id)
-            why = vol.error_message if vol and vol.error_message else "the node agent has not released it yet"
-            raise DeadlineExceeded(f"volume {volume_id} is being deleted: {why}") from e
+            if vol is None:
+                return
+            blocked = _release_blocked(vol)
+            if blocked is not None:
+                raise FailedPrecondition(f"volume {volume_id} cannot be deleted yet: {blocked}")
+            why = self._cluster.agent_gone(vol.owner_node)
+            if why is not None:
+                raise Unavailable(
+                    f"volume {volume_id} is being deleted, but node {vol.owner_node}: {why}; it completes when the"
+                    " agent is back (or after `kubectl device-localpv release-node`)"
+                )
+            if loop.time() >= deadline:
+                why = vol.error_message or "the node agent has not released it yet"
+                raise DeadlineExceeded(f"volume {volume_id} is being deleted: {why}")
 
     # -- ValidateVolumeCapabilities ----------------------------------------------------------------------------
     async def validate(

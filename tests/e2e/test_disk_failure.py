@@ -11,7 +11,7 @@ import grpc
 
 from csidriver.csi import csi_pb2, csi_pb2_grpc
 from tests.conftest import POOL, Cluster
-from tests.e2e.csi import MIB, code_of, create
+from tests.e2e.csi import MIB, code_of, create, delete
 from tests.e2e.test_plugin import plugin
 
 NODE = "node-fail"
@@ -53,12 +53,23 @@ def test_vanished_disk(cluster: Cluster) -> None:
         nodes = json.loads(plugin(cluster, "nodes", "-o", "json").stdout)
         assert [n["health"] for n in nodes if n["node"] == NODE] == ["Unhealthy"]
 
-        cluster.api.kubectl("delete", "devicevolume", "-n", "openebs", name, "--wait=false")
-        time.sleep(3)
+        # DeleteVolume answers promptly with the reason, and does not pretend: the partition could not be wiped.
+        start = time.monotonic()
+        code, msg = code_of(lambda: delete(cluster.controller_channel, name))
+        took = time.monotonic() - start
+        assert code == grpc.StatusCode.FAILED_PRECONDITION, msg
+        assert "not present or not readable" in msg and NODE in msg, msg
+        assert took < 20, f"answered after {took:.1f} s"
         still = json.loads(cluster.api.kubectl("get", "devicevolume", "-n", "openebs", name, "-o", "json"))
-        assert still["metadata"]["deletionTimestamp"]  # not pretended away: the partition could not be wiped
-        events = cluster.api.kubectl("get", "events", "-n", "openebs", "--field-selector", "reason=DiskMissing")
-        assert name in events
+        assert still["metadata"]["deletionTimestamp"]
+
+        # The agent retries with backoff; its Event is one object whose count grows, not one object per retry.
+        def missing() -> list[dict[str, object]]:
+            selector = f"involvedObject.name={name},reason=DiskMissing"
+            out = cluster.api.kubectl("get", "events", "-n", "openebs", "--field-selector", selector, "-o", "json")
+            return list(json.loads(out)["items"])
+
+        wait_for("the DiskMissing Event is counted again", lambda: [e["count"] > 1 for e in missing()] == [True])
     finally:
         agent.stop()
         plugin(cluster, "release-node", NODE, "--reason", "disk test done")

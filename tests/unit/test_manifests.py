@@ -347,7 +347,8 @@ def test_controller_permissions() -> None:
     assert _grants(role, GROUP, "devicevolumes") == {"get", "list", "watch", "create", "delete"}
     assert _grants(role, GROUP, "devicevolumes/status") == {"get"}
     assert _grants(role, GROUP, "devicenodes") == {"get", "list", "watch"}
-    assert _grants(role, "coordination.k8s.io", "leases") == {"get", "create", "update"}
+    # get/create/update: leader election; list/watch: the agents' heartbeats.
+    assert _grants(role, "coordination.k8s.io", "leases") == {"get", "create", "update", "list", "watch"}
     assert _grants(role, "storage.k8s.io", "csistoragecapacities") == {
         "get",
         "list",
@@ -381,6 +382,7 @@ def test_agent_permissions() -> None:
     assert _grants(role, GROUP, "devicevolumes/status") == {"get", "update", "patch"}
     assert _grants(role, GROUP, "devicenodes") == {"get", "list", "watch", "create", "update", "patch"}
     assert _grants(role, "", "events") == {"create", "patch"}
+    assert _grants(role, "coordination.k8s.io", "leases") == {"get", "create", "patch"}  # its heartbeat
     assert cluster == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]
 
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
+from csidriver.api.constants import FINALIZER
 from csidriver.api.objects import Device, devices_list
 from csidriver.services.cluster import ClusterState
-from csidriver.services.errors import AlreadyExists, InvalidArgument, ResourceExhausted
+from csidriver.services.errors import AlreadyExists, InvalidArgument, ResourceExhausted, Unavailable
 from csidriver.services.provisioning import Provisioner
 from csidriver.services.requests import AccessMode, Capability, CreateRequest
 
@@ -61,10 +63,14 @@ class FakeStore:
         self.objects[name] = new
         self.cluster.on_volume(name, obj, new)
 
-    async def delete_volume(self, name: str) -> None:
-        obj = self.objects.pop(name, None)
+    async def delete_volume(self, name: str, resource_version: str = "") -> bool:
+        obj = self.objects.get(name)
+        if obj is not None and resource_version and obj["metadata"].get("resourceVersion") != resource_version:
+            return False
+        self.objects.pop(name, None)
         if obj is not None:
             self.cluster.on_volume(name, obj, None)
+        return True
 
 
 def request(name: str, size: int, **kw: Any) -> CreateRequest:
@@ -144,3 +150,88 @@ async def test_preference_covering_every_node_is_left_to_the_policy(env: tuple[P
     req = request("rot", MIB, preferred=everyone, requisite=everyone)
     req = CreateRequest(**{**req.__dict__, "parameters": {"devname": "ssd", "scheduler": "FreeCapacityWeighted"}})
     assert (await prov.create(req)).node == "a"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def lease(node: str, renewed: str = "2026-01-01T00:00:00.000000Z", duration: int = 4) -> dict[str, Any]:
+    return {"spec": {"holderIdentity": node, "renewTime": renewed, "leaseDurationSeconds": duration}}
+
+
+def test_heartbeat_expiry_is_judged_on_our_clock() -> None:
+    clock = Clock()
+    wall = datetime.datetime(2026, 1, 1, 0, 0, 1, tzinfo=datetime.UTC)  # one second after the renewTime
+    cluster = ClusterState(clock=clock, wall=lambda: wall)
+    assert cluster.agent_gone("a") is None  # no Lease at all: an agent that writes none (the original's)
+    cluster.on_heartbeat("device-localpv-agent.a", None, lease("a"))
+    assert cluster.agent_gone("a") is None
+    clock.now += 3.9
+    assert cluster.agent_gone("a") is None  # renewed 1 s before we saw it: within the 5 s allowed for skew
+    clock.now += 0.2
+    assert "Lease device-localpv-agent.a" in (cluster.agent_gone("a") or "")
+    cluster.on_heartbeat("device-localpv-agent.a", None, lease("a", "2026-01-01T00:00:10.000000Z"))
+    assert cluster.agent_gone("a") is None  # renewed: counted from when we saw it, whatever its clock says
+    clock.now += 3.9
+    cluster.on_heartbeat("device-localpv-agent.a", None, lease("a", "2026-01-01T00:00:10.000000Z"))
+    assert cluster.agent_gone("a") is None
+    clock.now += 0.2
+    assert cluster.agent_gone("a") is not None  # an unchanged renewTime is no renewal
+    cluster.on_heartbeat("device-localpv-agent.a", None, None)
+    assert cluster.agent_gone("a") is None  # Lease deleted: back to "writes none"
+
+
+def test_a_lease_seen_first_long_after_its_renewal_is_expired_at_once() -> None:
+    wall = datetime.datetime(2026, 1, 1, 0, 10, tzinfo=datetime.UTC)
+    cluster = ClusterState(clock=Clock(), wall=lambda: wall)
+    cluster.on_heartbeat("x", None, lease("a"))  # renewed ten minutes before this controller started
+    assert cluster.agent_gone("a") is not None
+
+
+async def test_a_node_whose_agent_is_gone_gets_nothing_and_a_prompt_answer() -> None:
+    clock = Clock()
+    cluster = ClusterState(clock=clock)
+    store = FakeStore(cluster, {"a": 100 * MIB, "b": 10 * MIB})
+    store.node("a")
+    store.node("b")
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    cluster.on_heartbeat("la", None, lease("a", now))
+    clock.now += 10  # a's agent stopped renewing
+    prov = Provisioner(store, cluster, timeout=5)
+    assert (await prov.create(request("small", MIB))).node == "b"
+    with pytest.raises(ResourceExhausted, match=r"only nodes whose agent is gone could fit .* node a: its agent"):
+        await prov.create(request("big", 50 * MIB))
+    with pytest.raises(ResourceExhausted, match="node a: its agent"):
+        await prov.create(request("wffc", MIB, requisite=({"openebs.io/nodename": "a"},)))
+
+
+async def test_a_placement_no_agent_started_is_withdrawn_and_placed_again() -> None:
+    clock = Clock()
+    cluster = ClusterState(clock=clock)
+    store = FakeStore(cluster, {"a": 100 * MIB, "b": 100 * MIB})
+    store.node("a")
+    store.node("b")
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    cluster.on_heartbeat("la", None, lease("a", now))
+    stuck = {
+        "metadata": {"name": "pvc-1", "resourceVersion": "7"},
+        "spec": {"ownerNodeID": "a", "capacity": str(MIB), "devname": "ssd"},
+        "status": {"state": "Pending"},
+    }
+    store.objects["pvc-1"] = stuck
+    cluster.on_volume("pvc-1", None, stuck)
+    clock.now += 10
+    prov = Provisioner(store, cluster, timeout=5)
+    assert (await prov.create(request("pvc-1", MIB))).node == "b"
+    # With our finalizer an agent may have started carving: never withdrawn, and the wait ends promptly.
+    started = {**stuck, "metadata": {"name": "pvc-2", "resourceVersion": "8", "finalizers": [FINALIZER]}}
+    store.objects["pvc-2"] = started
+    cluster.on_volume("pvc-2", None, started)
+    with pytest.raises(Unavailable, match="node a: its agent"):
+        await prov.create(request("pvc-2", MIB))
+    assert "pvc-2" in store.objects
