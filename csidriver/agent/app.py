@@ -126,7 +126,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         [
             (
                 csi_pb2_grpc.add_IdentityServicer_to_server,
-                IdentityServicer(settings.driver_name, False, readiness),
+                IdentityServicer(settings.driver_name, readiness),
             ),
             (
                 csi_pb2_grpc.add_NodeServicer_to_server,

@@ -21,6 +21,7 @@ from csidriver.servicers.controller import ControllerServicer
 from csidriver.servicers.identity import IdentityServicer
 from csidriver.servicers.server import Shutdown, start_server, until_stopped
 from csidriver.services.cluster import ClusterState
+from csidriver.services.listing import VolumeLister
 from csidriver.services.provisioning import Provisioner
 
 log = logging.getLogger(__name__)
@@ -86,11 +87,13 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         [
             (
                 csi_pb2_grpc.add_IdentityServicer_to_server,
-                IdentityServicer(settings.driver_name, True, readiness),
+                IdentityServicer(settings.driver_name, readiness),
             ),
             (
                 csi_pb2_grpc.add_ControllerServicer_to_server,
-                ControllerServicer(provisioner, metrics.observe_rpc, elector.confirm if elector else None),
+                ControllerServicer(
+                    provisioner, VolumeLister(cluster), metrics.observe_rpc, elector.confirm if elector else None
+                ),
             ),
         ],
     )

@@ -12,10 +12,18 @@ from csidriver.csi import csi_pb2, csi_pb2_grpc
 from csidriver.servicers import convert
 from csidriver.servicers.edge import Ctx, Observer, answer_unimplemented, rpc
 from csidriver.services.errors import Unavailable
+from csidriver.services.listing import ListedVolume, VolumeLister
 from csidriver.services.provisioning import Provisioner
 
 _Rpc = csi_pb2.ControllerServiceCapability.RPC
-_CAPS = (_Rpc.CREATE_DELETE_VOLUME, _Rpc.GET_CAPACITY)
+_CAPS = (
+    _Rpc.CREATE_DELETE_VOLUME,
+    _Rpc.GET_CAPACITY,
+    _Rpc.LIST_VOLUMES,
+    _Rpc.GET_VOLUME,
+    _Rpc.VOLUME_CONDITION,
+    _Rpc.SINGLE_NODE_MULTI_WRITER,
+)
 
 
 @answer_unimplemented
@@ -23,10 +31,12 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
     def __init__(
         self,
         provisioner: Provisioner,
+        lister: VolumeLister,
         observe: Observer | None = None,
         leads: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self._prov = provisioner
+        self._lister = lister
         self.observe = observe
         self._leads = leads  # None: no leader election, this replica serves everything
 
@@ -82,10 +92,47 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
         )
 
     @rpc
+    async def ListVolumes(self, request: csi_pb2.ListVolumesRequest, context: Ctx) -> csi_pb2.ListVolumesResponse:
+        found, next_token = self._lister.page(request.max_entries, request.starting_token)
+        return csi_pb2.ListVolumesResponse(
+            entries=[
+                csi_pb2.ListVolumesResponse.Entry(
+                    volume=_volume(v),
+                    status=csi_pb2.ListVolumesResponse.VolumeStatus(volume_condition=_condition(v)),
+                )
+                for v in found
+            ],
+            next_token=next_token,
+        )
+
+    @rpc
+    async def ControllerGetVolume(
+        self, request: csi_pb2.ControllerGetVolumeRequest, context: Ctx
+    ) -> csi_pb2.ControllerGetVolumeResponse:
+        v = self._lister.get(request.volume_id)
+        return csi_pb2.ControllerGetVolumeResponse(
+            volume=_volume(v),
+            status=csi_pb2.ControllerGetVolumeResponse.VolumeStatus(volume_condition=_condition(v)),
+        )
+
+    @rpc
     async def ControllerGetCapabilities(self, request: Any, context: Ctx) -> csi_pb2.ControllerGetCapabilitiesResponse:
         return csi_pb2.ControllerGetCapabilitiesResponse(
             capabilities=[csi_pb2.ControllerServiceCapability(rpc=_Rpc(type=t)) for t in _CAPS]
         )
+
+
+def _volume(v: ListedVolume) -> csi_pb2.Volume:
+    return csi_pb2.Volume(
+        volume_id=v.volume_id,
+        capacity_bytes=v.capacity,
+        volume_context=dict(v.context),
+        accessible_topology=[csi_pb2.Topology(segments={c.TOPOLOGY_KEY: v.node})],
+    )
+
+
+def _condition(v: ListedVolume) -> csi_pb2.VolumeCondition:
+    return csi_pb2.VolumeCondition(abnormal=v.abnormal, message=v.message)
 
 
 def _int64(n: int) -> wrappers_pb2.Int64Value:

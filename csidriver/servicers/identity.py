@@ -19,9 +19,8 @@ _Svc = csi_pb2.PluginCapability.Service
 
 @answer_unimplemented
 class IdentityServicer(csi_pb2_grpc.IdentityServicer):
-    def __init__(self, driver_name: str, controller: bool, readiness: Readiness) -> None:
+    def __init__(self, driver_name: str, readiness: Readiness) -> None:
         self._name = driver_name
-        self._controller = controller
         self._readiness = readiness
 
     @rpc
@@ -30,9 +29,13 @@ class IdentityServicer(csi_pb2_grpc.IdentityServicer):
 
     @rpc
     async def GetPluginCapabilities(self, request: Any, context: Ctx) -> csi_pb2.GetPluginCapabilitiesResponse:
-        caps = [csi_pb2.PluginCapability(service=_Svc(type=_Svc.VOLUME_ACCESSIBILITY_CONSTRAINTS))]
-        if self._controller:
-            caps.append(csi_pb2.PluginCapability(service=_Svc(type=_Svc.CONTROLLER_SERVICE)))
+        # The same from every instance, whichever services it serves itself: the CSI spec asks that all instances
+        # of one plugin version report one set of plugin capabilities (the agent serves no Controller RPC, but the
+        # plugin does).
+        caps = [
+            csi_pb2.PluginCapability(service=_Svc(type=_Svc.VOLUME_ACCESSIBILITY_CONSTRAINTS)),
+            csi_pb2.PluginCapability(service=_Svc(type=_Svc.CONTROLLER_SERVICE)),
+        ]
         return csi_pb2.GetPluginCapabilitiesResponse(capabilities=caps)
 
     @rpc

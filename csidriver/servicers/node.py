@@ -69,7 +69,8 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
     async def NodeGetCapabilities(self, request: Any, context: Ctx) -> csi_pb2.NodeGetCapabilitiesResponse:
         return csi_pb2.NodeGetCapabilitiesResponse(
             capabilities=[
-                csi_pb2.NodeServiceCapability(rpc=_Rpc(type=t)) for t in (_Rpc.GET_VOLUME_STATS, _Rpc.VOLUME_CONDITION)
+                csi_pb2.NodeServiceCapability(rpc=_Rpc(type=t))
+                for t in (_Rpc.GET_VOLUME_STATS, _Rpc.VOLUME_CONDITION, _Rpc.SINGLE_NODE_MULTI_WRITER)
             ]
         )
 

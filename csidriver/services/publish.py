@@ -20,7 +20,7 @@ from csidriver.api import naming
 from csidriver.host.parsers import MountInfo
 from csidriver.services.errors import AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound
 from csidriver.services.mountflags import FORCED
-from csidriver.services.requests import DEFAULT_FS, Capability, capability_problem
+from csidriver.services.requests import DEFAULT_FS, AccessMode, Capability, capability_problem
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,13 @@ class Publisher:
                 if not cap.block and (cap.fs_type or DEFAULT_FS) != existing.fstype:
                     raise AlreadyExists(f"{target} is published with filesystem {existing.fstype}")
                 return
+            if cap.access_mode is AccessMode.SINGLE_NODE_SINGLE_WRITER:
+                # ReadWriteOncePod: published once, at one target, at any time.
+                others = [m.mount_point for m in await self._host.mounts() if _same_device(m, vol)]
+                if others:
+                    raise FailedPrecondition(
+                        f"volume {volume_id} is SINGLE_NODE_SINGLE_WRITER and already published at {others[0]}"
+                    )
             if cap.block:
                 await self._publish_block(vol, target, read_only)
             else:

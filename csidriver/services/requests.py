@@ -25,7 +25,12 @@ class AccessMode(enum.Enum):
 
 
 SINGLE_NODE_MODES = frozenset(
-    {AccessMode.SINGLE_NODE_WRITER, AccessMode.SINGLE_NODE_READER_ONLY, AccessMode.SINGLE_NODE_SINGLE_WRITER}
+    {
+        AccessMode.SINGLE_NODE_WRITER,
+        AccessMode.SINGLE_NODE_READER_ONLY,
+        AccessMode.SINGLE_NODE_SINGLE_WRITER,
+        AccessMode.SINGLE_NODE_MULTI_WRITER,
+    }
 )
 SUPPORTED_FS = ("ext4", "xfs", "btrfs")
 DEFAULT_FS = "ext4"

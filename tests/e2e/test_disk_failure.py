@@ -48,6 +48,9 @@ def test_vanished_disk(cluster: Cluster) -> None:
 
         wait_for("DeviceNode marks the disk unhealthy", unhealthy)
         wait_for("capacity drops to zero", lambda: capacity(cluster) == 0)
+        ctl = csi_pb2_grpc.ControllerStub(cluster.controller_channel)
+        cond = ctl.ControllerGetVolume(csi_pb2.ControllerGetVolumeRequest(volume_id=name)).status.volume_condition
+        assert cond.abnormal and "unhealthy" in cond.message, cond
         code, msg = code_of(lambda: create(cluster.controller_channel, f"pvc-{uuid.uuid4()}", MIB, requisite=[TOPO]))
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, msg
         nodes = json.loads(plugin(cluster, "nodes", "-o", "json").stdout)
