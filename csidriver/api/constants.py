@@ -29,7 +29,6 @@ CORDON_ANNOTATION: Final = "local.openebs.io/cordoned-disks"
 MIB: Final = 1 << 20
 GIB: Final = 1 << 30
 DEFAULT_VOLUME_SIZE: Final = GIB
-MAX_GPT_NAME: Final = 36
 
 # Condition on a DeviceVolume being deleted that says why its partition is not released yet (status False).
 RELEASED_CONDITION = "Released"

@@ -1,4 +1,4 @@
-"""Domain errors; the gRPC edge maps each class to one status code (csidriver.servicers.errors)."""
+"""Domain errors; the gRPC edge maps each class to one status code (csidriver.servicers.edge.CODES)."""
 
 
 class DriverError(Exception):
