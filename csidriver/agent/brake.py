@@ -25,8 +25,9 @@ class DeletionBrake:
         while self._stamps and self._stamps[0] <= now - self.window:
             self._stamps.popleft()
 
-    def wait_time(self) -> float:
-        """0 when a deletion may start now (and it is counted), else the seconds until the window has room."""
+    def admit(self) -> float:
+        """Admit one deletion: 0 when it may start now (it is then counted in the window), else the seconds until
+        the window has room (nothing is counted; it is a deferral)."""
         if self.limit <= 0:
             return 0.0
         now = self._clock()

@@ -235,7 +235,7 @@ class VolumeReconciler:
         disks = self._pool_disks(vol.pool)
         found = await self._parts.find(disks, pname)
         if found is not None:
-            wait = self._brake.wait_time()
+            wait = self._brake.admit()
             if wait > 0:
                 if not self._brake.engaged:
                     self._brake.engaged = True

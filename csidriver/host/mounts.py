@@ -38,7 +38,7 @@ class Mounter:
     async def mounts(self) -> list[MountInfo]:
         return parse_mountinfo(await asyncio.to_thread(_read_text, self._mountinfo))
 
-    async def is_mount_point(self, target: str) -> MountInfo | None:
+    async def mount_at(self, target: str) -> MountInfo | None:
         """The topmost mount whose mount point is exactly ``target`` (after resolving symlinks)."""
         real = await asyncio.to_thread(os.path.realpath, target)
         found = [m for m in await self.mounts() if m.mount_point == real]
@@ -66,12 +66,12 @@ class Mounter:
 
     async def unmount(self, target: str) -> None:
         """Unmount the topmost mount at ``target``; nothing to do when it is not a mount point."""
-        if await self.is_mount_point(target) is None:
+        if await self.mount_at(target) is None:
             return
         try:
             await self._runner.run(["umount", "--", _path_arg(target, "target")])
         except CommandError:
-            if await self.is_mount_point(target) is not None:
+            if await self.mount_at(target) is not None:
                 raise
 
 

@@ -263,7 +263,7 @@ async def test_delete_refuses_mounted_partition(disks: Disks) -> None:
     target = disks.tmp / "mnt dir"
     target.mkdir()
     await mounter.mount(part.node, str(target), "ext4", ["noatime"])
-    info = await mounter.is_mount_point(str(target))
+    info = await mounter.mount_at(str(target))
     assert info is not None and info.fstype == "ext4" and "noatime" in info.options
     stats = await fs.filesystem_stats(str(target))
     assert 0 < stats.available <= stats.total <= 16 * MiB and stats.inodes_free > 0
@@ -273,7 +273,7 @@ async def test_delete_refuses_mounted_partition(disks: Disks) -> None:
         await parts.wipe(part.node)
     await mounter.unmount(str(target))
     await mounter.unmount(str(target))  # not mounted any more: fine
-    assert await mounter.is_mount_point(str(target)) is None
+    assert await mounter.mount_at(str(target)) is None
     assert (await fs.probe(part.node))["TYPE"] == "ext4"  # the refusals changed nothing
     assert await parts.delete(disks.pool, "ssd", "busy")
 
@@ -284,7 +284,7 @@ async def test_raw_block_bind_mount_blocks_delete(disks: Disks) -> None:
     target = disks.tmp / "block-file"
     target.touch()
     await mounter.bind_mount(part.node, str(target), read_only=True)
-    info = await mounter.is_mount_point(str(target))
+    info = await mounter.mount_at(str(target))
     assert info is not None and info.read_only and info.root == "/" + os.path.basename(part.node)
     with pytest.raises(PartitionBusy, match="bound at"):
         await parts.delete(disks.pool, "ssd", "raw")
