@@ -50,10 +50,8 @@ class DeviceVolume:
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
     conditions: tuple[Mapping[str, Any], ...] = ()
-
-    @property
-    def is_ready(self) -> bool:
-        return self.state is State.READY and not self.deleting
+    generation: int = 0  # metadata.generation: bumped by every spec change (an expansion)
+    capacity_bytes: int | None = None  # status.capacityBytes: the partition's size as its agent last saw it
 
 
 def _state(raw: object) -> State:
@@ -96,7 +94,14 @@ def volume_from_dict(obj: Mapping[str, Any]) -> DeviceVolume:
         labels=dict(meta.get("labels") or {}),
         annotations=dict(meta.get("annotations") or {}),
         conditions=tuple(status.get("conditions") or ()),
+        generation=_whole(meta.get("generation")) or 0,
+        capacity_bytes=_whole(status.get("capacityBytes")),
     )
+
+
+def _whole(value: object) -> int | None:
+    """A non-negative JSON integer, or None for anything else."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def new_volume_body(name: str, namespace: str, node: str, pool: str, capacity: int, csi_name: str) -> dict[str, Any]:
