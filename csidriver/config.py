@@ -53,6 +53,7 @@ class Settings:
     lease_writer: str  # "driver": elect on the Lease; "sidecar": follow the Lease csi-provisioner writes
     publish_roots: tuple[str, ...] = ()  # NodePublish/Unpublish targets must lie under one of these directories
     heartbeat_seconds: float = 10.0  # the agent renews its heartbeat Lease this often (it lasts 4 periods)
+    default_fstype: str = "ext4"  # the filesystem a mount capability that names none gets
 
     @property
     def socket_path(self) -> str:
@@ -86,6 +87,7 @@ _ENV: Mapping[str, tuple[str, str]] = {
     "lease_writer": ("LEASE_WRITER", "driver"),
     # Where kubelet puts publish targets: mount targets under pods/, raw block targets under plugins/kubernetes.io/csi.
     "heartbeat_seconds": ("HEARTBEAT_SECONDS", "10"),
+    "default_fstype": ("DEFAULT_FSTYPE", "ext4"),
     "publish_roots": ("PUBLISH_ROOTS", "/var/lib/kubelet/pods,/var/lib/kubelet/plugins/kubernetes.io/csi"),
 }
 
@@ -185,6 +187,7 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
         lease_writer=_choice("lease_writer", raw["lease_writer"], ("driver", "sidecar")),
         publish_roots=roots,
         heartbeat_seconds=_number("heartbeat_seconds", raw["heartbeat_seconds"], float, 0.5),
+        default_fstype=_choice("default_fstype", raw["default_fstype"], ("ext4", "xfs", "btrfs")),
     )
 
 

@@ -131,7 +131,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             (
                 csi_pb2_grpc.add_NodeServicer_to_server,
                 NodeServicer(
-                    Publisher(host, settings.publish_roots),
+                    Publisher(host, settings.publish_roots, settings.default_fstype),
                     settings.node_id,
                     topology,
                     metrics.observe_rpc,

@@ -69,6 +69,9 @@ class LocalHost:
     async def block_size(self, device: str) -> int:
         return await self._fs.block_size(device)
 
+    async def grow_filesystem(self, device: str, mount_point: str, fstype: str) -> None:
+        await self._fs.grow_filesystem(device, mount_point, fstype)
+
 
 def _direct_read_problem(device: str) -> str | None:
     import mmap

@@ -55,6 +55,16 @@ def _located_here(vol: DeviceVolume, node: str) -> bool:
     )
 
 
+def _recorded_size(raw: Mapping[str, Any]) -> int | None:
+    """status.capacityBytes as the agent last wrote it, or None (not written yet, by an older version)."""
+    value = (raw.get("status") or {}).get("capacityBytes")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+# Seconds before a growth that found no room in place is tried again (a neighbour may have been deleted).
+RESIZE_RETRY = 60.0
+
+
 def _with(vol: DeviceVolume, cond: dict[str, Any]) -> list[dict[str, Any]]:
     return [dict(x) for x in vol.conditions if x.get("type") != cond["type"]] + [cond]
 
@@ -93,6 +103,8 @@ class VolumeReconciler:
                 await self._create(vol, raw)
             elif vol.state is State.READY and not _located_here(vol, self._node):
                 await self._locate(vol)
+            elif vol.state is State.READY:
+                return await self._resize(vol, raw)
         except (Conflict, Gone) as e:
             raise Retry(f"object changed while reconciling: {e}") from e
         return None
@@ -121,7 +133,12 @@ class VolumeReconciler:
         )
         msg = f"node {self._node}: {part.node} on disk {disk.guid}"
         await self._kube.patch_volume_status(
-            vol.name, {**placement_dict(placement), "conditions": _with(vol, _located(True, "PartitionFound", msg))}
+            vol.name,
+            {
+                **placement_dict(placement),
+                "capacityBytes": part.size,
+                "conditions": _with(vol, _located(True, "PartitionFound", msg)),
+            },
         )
         log.info("volume %s located: %s", vol.name, msg)
 
@@ -131,9 +148,66 @@ class VolumeReconciler:
     async def _not_released(self, vol: DeviceVolume, reason: str, message: str) -> None:
         """Say in status why the deletion waits (the controller answers DeleteVolume from it); written only when
         the reason or message changes, not on every retry."""
-        cond = {**_condition(False, reason, message), "type": c.RELEASED_CONDITION}
-        same = (cond["type"], reason, cond["message"])
-        if any((old.get("type"), old.get("reason"), old.get("message")) == same for old in vol.conditions):
+        await self._set_condition(vol, c.RELEASED_CONDITION, False, reason, message)
+
+    async def _resize(self, vol: DeviceVolume, raw: Mapping[str, Any]) -> float | None:
+        """Grow the partition in place when spec.capacity asks for more than it holds (ControllerExpandVolume), and
+        keep status.capacityBytes equal to its size. Sizes are compared in whole MiB rounded down, so a volume of
+        the original driver (which rounded sizes down to MiB) is never grown unasked. Safe to repeat after a crash
+        at any point: the table holds either the old or the new size, and both are read back here."""
+        recorded = _recorded_size(raw)
+        wanted = vol.capacity // c.MIB * c.MIB
+        if recorded is not None and wanted <= recorded:
+            return None
+        pname = naming.partition_name(vol.name)
+        found = await self._parts.find(self._pool_disks(vol.pool), pname)
+        if found is None:
+            return None  # its disk is absent: the node's DeviceNode and the volume's condition say so
+        disk = found[0]
+        part = await self._parts.activate(disk.path, vol.pool, pname)
+        if part is None:
+            raise Retry(f"partition {pname} vanished from {disk.path}")
+        conditions: list[dict[str, Any]] | None = None
+        if wanted > part.size:
+            try:
+                part = await self._parts.grow(disk.path, vol.pool, pname, vol.capacity)
+            except InsufficientCapacity as e:
+                msg = f"node {self._node}: cannot grow to {vol.capacity} bytes: {e}"
+                request = vol.annotations.get(c.RESIZE_REQUEST_ANNOTATION, "")
+                if request:
+                    msg += f" (request {request})"  # the controller's attempt this answers
+                await self._set_condition(
+                    vol, c.RESIZED_CONDITION, False, "InsufficientCapacity", msg, generation=vol.generation
+                )
+                return RESIZE_RETRY  # room may be freed next to it later
+            await self._reporter.refresh()
+            msg = f"node {self._node}: partition {part.node} grown to {part.size} bytes"
+            log.info("volume %s: %s", vol.name, msg)
+            grown = {
+                **_condition(True, "Grown", msg),
+                "type": c.RESIZED_CONDITION,
+                "observedGeneration": vol.generation,
+            }
+            conditions = _with(vol, grown)
+        if recorded != part.size or conditions is not None:
+            status: dict[str, Any] = {"capacityBytes": part.size}
+            if conditions is not None:
+                status["conditions"] = conditions
+            await self._kube.patch_volume_status(vol.name, status)
+        return None
+
+    async def _set_condition(
+        self, vol: DeviceVolume, kind: str, ok: bool, reason: str, message: str, generation: int | None = None
+    ) -> None:
+        """Write one condition, only when its status, reason, message or observed generation changes."""
+        cond: dict[str, Any] = {**_condition(ok, reason, message), "type": kind}
+        if generation is not None:
+            cond["observedGeneration"] = generation
+        same = (kind, cond["status"], reason, cond["message"], cond.get("observedGeneration"))
+        if any(
+            (x.get("type"), x.get("status"), x.get("reason"), x.get("message"), x.get("observedGeneration")) == same
+            for x in vol.conditions
+        ):
             return
         await self._kube.patch_volume_status(vol.name, {"conditions": _with(vol, cond)})
 
@@ -185,6 +259,7 @@ class VolumeReconciler:
                     _condition(True, "Provisioned", f"node {self._node}: partition {part.node} ({part.size} bytes)")
                 ],
                 **placement_dict(placement),
+                "capacityBytes": part.size,
             },
         )
         log.info("volume %s ready: %s on %s", vol.name, part.node, part.disk_path)

@@ -38,3 +38,8 @@ RELEASE_DISK_MISSING = "DiskMissing"
 # Each agent renews a Lease named by naming.heartbeat_name(node) in the driver namespace, with this label; the
 # controller places volumes only on nodes whose agent renewed it recently.
 HEARTBEAT_LABEL: Final = "local.openebs.io/agent-heartbeat"
+# Condition of a volume whose partition was asked to grow (ControllerExpandVolume): True once grown.
+RESIZED_CONDITION = "Resized"
+# Set by ControllerExpandVolume on each attempt; the agent names it in its Resized=False condition, so a refusal
+# is told apart from an older one.
+RESIZE_REQUEST_ANNOTATION = "local.openebs.io/resize-request"

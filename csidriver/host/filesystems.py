@@ -72,6 +72,19 @@ class Filesystems:
             raise FilesystemExists(f"{node} already carries {found.get('TYPE') or found.get('PTTYPE')}")
         await self._runner.run([*_MKFS[fstype], "--", node], timeout=600.0)
 
+    async def grow_filesystem(self, node: str, mount_point: str, fstype: str) -> None:
+        """Grow the filesystem mounted at ``mount_point`` (on ``node``) to fill its device, online. ext4 needs
+        CAP_SYS_RESOURCE for an online resize (the kernel answers EPERM without it)."""
+        argv = {
+            "ext4": ["resize2fs", "--", _device(node)],
+            "xfs": ["xfs_growfs", "--", _device(mount_point)],
+            # btrfs takes no "--"; the absolute path cannot read as an option.
+            "btrfs": ["btrfs", "filesystem", "resize", "max", _device(mount_point)],
+        }.get(fstype)
+        if argv is None:
+            raise ValueError(f"cannot grow a {fstype!r} filesystem; supported: {', '.join(SUPPORTED_FS)}")
+        await self._runner.run(argv, timeout=600.0)
+
     async def block_size(self, node: str) -> int:
         """Size of a block device in bytes."""
         done = await self._runner.run(["blockdev", "--getsize64", _device(node)], timeout=30.0)

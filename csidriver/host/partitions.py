@@ -76,6 +76,13 @@ def named(table: DiskTable, name: str) -> PartitionEntry | None:
     return next((p for p in table.partitions if p.name == name and p.number != 1), None)
 
 
+def room_after(table: DiskTable, entry: PartitionEntry) -> int:
+    """The first sector a partition may not reach when it grows: the start of the next partition on the disk, or
+    the end of the usable area."""
+    following = [p.start for p in table.partitions if p.start > entry.start]
+    return min(following, default=table.last_lba + 1)
+
+
 def best_fit(table: DiskTable, size: int) -> Extent:
     """The smallest aligned free extent holding ``size`` bytes (lowest start on ties)."""
     extents = free_extents(table, MIB)
@@ -129,6 +136,41 @@ class PartitionManager:
             table = _require_pool(disk, pool, await self._read(disk), name)
             entry = named(table, name) or await self._append(disk, table, name, want)
             return await self._activate(disk, table.sector_size, entry)
+
+    async def grow(self, disk_path: str, pool: str, name: str, size: int) -> Partition:
+        """Grow partition ``name`` in place to at least ``size`` bytes (rounded up to 1 MiB): its start stays, its
+        end moves into the free space right after it, the table entry is rewritten (name, GUID and type kept) and
+        the kernel is told the new size of that one partition (BLKPG resize, which works while it is mounted and
+        keeps its device number).
+        Idempotent: a partition already that big only has the kernel's view brought up to date. Raises
+        InsufficientCapacity (with the bytes available in place) and changes nothing when the room is too small;
+        PartitionError when there is no such partition."""
+        validate_name(name)
+        if size <= 0:
+            raise ValueError(f"size must be positive, got {size}")
+        disk = await asyncio.to_thread(os.path.realpath, disk_path)
+        async with self._locked(disk):
+            table = _require_pool(disk, pool, await self._read(disk), name)
+            entry = named(table, name)
+            if entry is None:
+                raise PartitionError(f"{disk}: no partition named {name!r} to grow")
+            sector = table.sector_size
+            want = -(-size // MIB) * MIB // sector
+            if entry.size < want:
+                limit = room_after(table, entry)
+                if entry.start + want > limit:
+                    grown = (limit - entry.start) * sector
+                    raise InsufficientCapacity(
+                        grown, size, f"the partition can grow in place to {grown} bytes only, not {want * sector}"
+                    )
+                script = f"size={want}\n"
+                await self._runner.run([*_SFDISK_WRITE, "-N", str(entry.number), "--", disk], input=script.encode())
+                fresh = await self._read(disk)
+                after = named(fresh, name) if fresh else None
+                if after is None or (after.start, after.size, after.uuid) != (entry.start, want, entry.uuid):
+                    raise PartitionError(f"{disk}: partition {name!r} does not read back as grown to {want} sectors")
+                entry = after
+            return await self._activate(disk, sector, entry)
 
     async def activate(self, disk_path: str, pool: str, name: str) -> Partition | None:
         """Make the kernel's view of partition ``name`` current (its device node present, at the table's geometry),
@@ -213,6 +255,14 @@ class PartitionManager:
         if seen == want and await asyncio.to_thread(os.path.exists, node):
             return part
         number = str(entry.number)
+        if seen is not None and seen[0] == want[0] and await asyncio.to_thread(os.path.exists, node):
+            # Only the size differs (a grown partition): resize the kernel's partition in place with
+            # BLKPG_RESIZE_PARTITION. Never delete and add it: a re-added partition may get another device number,
+            # which breaks a raw block volume bind-mounted from the old node (partx --update does that when the
+            # partition is not held open). resizepart takes no "--"; the disk path is absolute.
+            await self._runner.run(["resizepart", disk, number, str(want[1])])
+            await self._wait_for(node, want, "after partx --update")
+            return part
         if seen is not None and seen != want:
             await self._runner.run(["partx", "--delete", "--nr", number, "--", disk])
         added = await self._runner.run(["partx", "--add", "--nr", number, "--", disk], check=False)

@@ -23,6 +23,7 @@ _CAPS = (
     _Rpc.GET_VOLUME,
     _Rpc.VOLUME_CONDITION,
     _Rpc.SINGLE_NODE_MULTI_WRITER,
+    _Rpc.EXPAND_VOLUME,
 )
 
 
@@ -90,6 +91,19 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
             maximum_volume_size=_int64(largest),
             minimum_volume_size=_int64(c.MIB),
         )
+
+    @rpc
+    async def ControllerExpandVolume(
+        self, request: csi_pb2.ControllerExpandVolumeRequest, context: Ctx
+    ) -> csi_pb2.ControllerExpandVolumeResponse:
+        await self._require_leader()
+        block = None
+        if request.HasField("volume_capability"):
+            block = convert.capability(request.volume_capability).block
+        size, node_step = await self._prov.expand(
+            request.volume_id, request.capacity_range.required_bytes, request.capacity_range.limit_bytes, block
+        )
+        return csi_pb2.ControllerExpandVolumeResponse(capacity_bytes=size, node_expansion_required=node_step)
 
     @rpc
     async def ListVolumes(self, request: csi_pb2.ListVolumesRequest, context: Ctx) -> csi_pb2.ListVolumesResponse:

@@ -66,11 +66,28 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
         return csi_pb2.NodeGetVolumeStatsResponse(usage=usage, volume_condition=condition)
 
     @rpc
+    async def NodeExpandVolume(
+        self, request: csi_pb2.NodeExpandVolumeRequest, context: Ctx
+    ) -> csi_pb2.NodeExpandVolumeResponse:
+        block = None
+        if request.HasField("volume_capability"):
+            block = convert.capability(request.volume_capability).block
+        size = await self._pub.expand(
+            request.volume_id, request.volume_path, request.capacity_range.required_bytes, block
+        )
+        return csi_pb2.NodeExpandVolumeResponse(capacity_bytes=size)
+
+    @rpc
     async def NodeGetCapabilities(self, request: Any, context: Ctx) -> csi_pb2.NodeGetCapabilitiesResponse:
         return csi_pb2.NodeGetCapabilitiesResponse(
             capabilities=[
                 csi_pb2.NodeServiceCapability(rpc=_Rpc(type=t))
-                for t in (_Rpc.GET_VOLUME_STATS, _Rpc.VOLUME_CONDITION, _Rpc.SINGLE_NODE_MULTI_WRITER)
+                for t in (
+                    _Rpc.GET_VOLUME_STATS,
+                    _Rpc.VOLUME_CONDITION,
+                    _Rpc.SINGLE_NODE_MULTI_WRITER,
+                    _Rpc.EXPAND_VOLUME,
+                )
             ]
         )
 

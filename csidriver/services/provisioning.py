@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -45,6 +46,7 @@ class VolumeStore(Protocol):
     async def get_volume(self, name: str) -> dict[str, Any] | None: ...
     async def create_volume(self, body: Mapping[str, Any]) -> dict[str, Any]: ...
     async def delete_volume(self, name: str, resource_version: str = "") -> bool: ...
+    async def patch_volume(self, name: str, patch: Mapping[str, Any]) -> dict[str, Any]: ...
 
 
 def node_labels(cluster: ClusterState, node: str) -> Mapping[str, str]:
@@ -69,6 +71,15 @@ def _settled() -> Callable[[DeviceVolume | None], bool]:
         return vol.deleting or vol.state is not State.PENDING
 
     return pred
+
+
+def _refusal(vol: DeviceVolume, request: str) -> Mapping[str, Any] | None:
+    """The agent's Resized=False condition answering expansion attempt `request`, or None."""
+    for cond in vol.conditions:
+        refused = cond.get("type") == c.RESIZED_CONDITION and cond.get("status") == "False"
+        if refused and str(cond.get("message", "")).endswith(f"(request {request})"):
+            return cond
+    return None
 
 
 def _release_blocked(vol: DeviceVolume) -> str | None:
@@ -288,6 +299,54 @@ class Provisioner:
             if loop.time() >= deadline:
                 why = vol.error_message or "the node agent has not released it yet"
                 raise DeadlineExceeded(f"volume {volume_id} is being deleted: {why}")
+
+    # -- ControllerExpandVolume --------------------------------------------------------------------------------
+    async def expand(self, volume_id: str, required: int, limit: int, block: bool | None) -> tuple[int, bool]:
+        """Grow a volume in place: raise spec.capacity, then wait for the agent to grow the partition (or to refuse,
+        in a Resized=False condition naming this attempt). Returns (bytes, whether NodeExpandVolume must grow a
+        filesystem)."""
+        if not volume_id:
+            raise InvalidArgument("volume_id must not be empty")
+        if required <= 0 and limit <= 0:
+            raise InvalidArgument("capacity_range must be set")
+        size = volume_size(required, limit)
+        vol = self._cluster.volumes.get(volume_id) if naming.is_valid_volume_id(volume_id) else None
+        if vol is None:
+            raw = await self._store.get_volume(volume_id) if naming.is_valid_volume_id(volume_id) else None
+            if raw is None:
+                raise NotFound(f"volume {volume_id} does not exist")
+            vol = volume_from_dict(raw)
+        if vol.deleting or vol.state is not State.READY:
+            raise FailedPrecondition(f"volume {volume_id} is {'being deleted' if vol.deleting else vol.state.value}")
+        node_step = block is not True
+        held = vol.capacity_bytes or 0
+        if size <= held:
+            return held, node_step
+        why = self._cluster.agent_gone(vol.owner_node)
+        if why is not None:
+            raise Unavailable(f"volume {volume_id} cannot grow now: node {vol.owner_node}: {why}")
+        # Each attempt carries a new request id, which the agent names in a refusal: an older refusal (before a
+        # neighbour was deleted, say) is not taken for this attempt's answer, and the agent tries again at once.
+        request = uuid.uuid4().hex[:12]
+        patch = {
+            "metadata": {"annotations": {c.RESIZE_REQUEST_ANNOTATION: request}},
+            "spec": {"capacity": str(max(size, vol.capacity))},
+        }
+        vol = volume_from_dict(await self._store.patch_volume(volume_id, patch))
+
+        def settled(v: DeviceVolume | None) -> bool:
+            return v is None or v.deleting or (v.capacity_bytes or 0) >= size or _refusal(v, request) is not None
+
+        final = await self._wait_on_node(vol, settled, "is still growing")
+        if final is None or final.deleting:
+            raise Aborted(f"volume {volume_id} was deleted while it was growing")
+        if (final.capacity_bytes or 0) >= size:
+            return final.capacity_bytes or size, node_step
+        cond = _refusal(final, request) or {}
+        message = f"volume {volume_id}: {cond.get('message') or 'the partition could not grow'}"
+        if cond.get("reason") == "InsufficientCapacity":
+            raise ResourceExhausted(message)
+        raise Internal(message)
 
     # -- ValidateVolumeCapabilities ----------------------------------------------------------------------------
     async def validate(

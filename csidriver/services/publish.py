@@ -53,6 +53,7 @@ class Host(Protocol):
     async def unmount(self, target: str) -> None: ...
     async def stats(self, path: str) -> VolumeStats: ...
     async def block_size(self, device: str) -> int: ...
+    async def grow_filesystem(self, device: str, mount_point: str, fstype: str) -> None: ...
     async def read_problem(self, device: str) -> str | None: ...
 
 
@@ -80,9 +81,10 @@ def _major_minor(device: str) -> str:
 
 
 class Publisher:
-    def __init__(self, host: Host, roots: Sequence[str] = ()) -> None:
+    def __init__(self, host: Host, roots: Sequence[str] = (), default_fs: str = DEFAULT_FS) -> None:
         self._host = host
         self._roots = tuple(roots)
+        self._default_fs = default_fs  # when a mount capability names no filesystem
         self._locks: dict[str, asyncio.Lock] = {}
 
     def _lock(self, key: str) -> asyncio.Lock:
@@ -112,7 +114,7 @@ class Publisher:
         check_target(target, roots=self._roots)
         if cap is None:
             raise InvalidArgument("volume_capability must be set")
-        problem = capability_problem(cap)
+        problem = capability_problem(cap, self._default_fs)
         if problem:
             raise InvalidArgument(problem)
         vol = await self.locate(volume_id, context)
@@ -127,7 +129,7 @@ class Publisher:
                 if cap.block != published_block:
                     kind = "a raw block device" if published_block else "a filesystem"
                     raise AlreadyExists(f"{target} is published as {kind}")
-                if not cap.block and (cap.fs_type or DEFAULT_FS) != existing.fstype:
+                if not cap.block and (cap.fs_type or self._default_fs) != existing.fstype:
                     raise AlreadyExists(f"{target} is published with filesystem {existing.fstype}")
                 return
             if cap.access_mode is AccessMode.SINGLE_NODE_SINGLE_WRITER:
@@ -152,7 +154,7 @@ class Publisher:
             raise
 
     async def _publish_fs(self, vol: LocatedVolume, target: str, cap: Capability, read_only: bool) -> None:
-        fstype = cap.fs_type or DEFAULT_FS
+        fstype = cap.fs_type or self._default_fs
         found = await self._host.probe(vol.device)
         if not found:
             if read_only:
@@ -242,6 +244,30 @@ class Publisher:
             stats = await self._host.stats(path)
         problem = await self._host.read_problem(vol.device)
         return dataclasses.replace(stats, abnormal=problem) if problem else stats
+
+    async def expand(self, volume_id: str, path: str, required: int, block: bool | None) -> int:
+        """NodeExpandVolume: grow the filesystem of the volume published at ``path`` to fill its partition (which
+        the agent already grew); a raw block volume needs nothing. Returns the partition's size in bytes."""
+        if not volume_id:
+            raise InvalidArgument("volume_id must not be empty")
+        if not path:
+            raise InvalidArgument("volume_path must not be empty")
+        vol = await self.locate(volume_id, {})
+        check_target(path, "volume_path", roots=self._roots)
+        async with self._lock(volume_id):
+            mount = await self._mounted_at(path)
+            if mount is None or not _same_device(mount, vol):
+                raise NotFound(f"volume {volume_id} is not published at {path}")
+            size = await self._host.block_size(vol.device)
+            if required > size:
+                raise FailedPrecondition(
+                    f"the partition of volume {volume_id} is {size} bytes, below the {required} requested: the"
+                    " controller's expansion has not grown it yet"
+                )
+            if mount.fstype == "devtmpfs" or block:
+                return size
+            await self._host.grow_filesystem(vol.device, path, mount.fstype)
+            return size
 
 
 def _same_device(mount: MountInfo, vol: LocatedVolume) -> bool:

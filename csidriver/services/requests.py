@@ -44,7 +44,7 @@ class Capability:
     mount_flags: tuple[str, ...] = ()
 
 
-def capability_problem(cap: Capability) -> str | None:
+def capability_problem(cap: Capability, default_fs: str = DEFAULT_FS) -> str | None:
     """Why a capability cannot be served, or None."""
     if cap.access_mode not in SINGLE_NODE_MODES:
         return f"access mode {cap.access_mode.name} is not supported: a local volume serves a single node"
@@ -53,7 +53,7 @@ def capability_problem(cap: Capability) -> str | None:
     if cap.block and cap.mount_flags:
         return "mount flags apply to filesystem volumes only, not to raw block volumes"
     for flag in cap.mount_flags:
-        problem = flag_problem(flag, cap.fs_type or DEFAULT_FS)
+        problem = flag_problem(flag, cap.fs_type or default_fs)
         if problem:
             return problem
     return None

@@ -217,7 +217,7 @@ def test_unimplemented_rpcs_answer_plainly(cluster: Cluster) -> None:
     ctl = csi_pb2_grpc.ControllerStub(cluster.controller_channel)
     calls = [
         lambda: node.NodeStageVolume(csi_pb2.NodeStageVolumeRequest(volume_id="pvc-x"), timeout=10),
-        lambda: node.NodeExpandVolume(csi_pb2.NodeExpandVolumeRequest(volume_id="pvc-x"), timeout=10),
+        lambda: node.NodeUnstageVolume(csi_pb2.NodeUnstageVolumeRequest(volume_id="pvc-x"), timeout=10),
         lambda: ctl.ControllerPublishVolume(csi_pb2.ControllerPublishVolumeRequest(volume_id="pvc-x"), timeout=10),
         lambda: ctl.CreateSnapshot(csi_pb2.CreateSnapshotRequest(name="s"), timeout=10),
     ]

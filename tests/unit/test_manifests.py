@@ -208,9 +208,8 @@ def test_devicevolume_spec_contract() -> None:
 
 def test_devicevolume_immutability_leaves_the_node_movable() -> None:
     props = _schema(_crd("devicevolumes"))["properties"]["spec"]["properties"]
-    for field in ("capacity", "devname"):
-        rules = [v["rule"] for v in props[field]["x-kubernetes-validations"]]
-        assert rules == ["self == oldSelf"], field
+    rules = {f: [v["rule"] for v in props[f]["x-kubernetes-validations"]] for f in ("capacity", "devname")}
+    assert rules == {"capacity": ["int(self) >= int(oldSelf)"], "devname": ["self == oldSelf"]}  # capacity only grows
     assert "x-kubernetes-validations" not in props["ownerNodeID"]
     assert "x-kubernetes-validations" not in _schema(_crd("devicevolumes"))["properties"]["spec"]
 
@@ -344,7 +343,8 @@ def test_custom_resources_are_granted_only_in_the_namespace() -> None:
 def test_controller_permissions() -> None:
     role = _rules("Role", "openebs-device-controller")
     cluster = _rules("ClusterRole", "openebs-device-controller")
-    assert _grants(role, GROUP, "devicevolumes") == {"get", "list", "watch", "create", "delete"}
+    # patch: ControllerExpandVolume raises spec.capacity.
+    assert _grants(role, GROUP, "devicevolumes") == {"get", "list", "watch", "create", "delete", "patch"}
     assert _grants(role, GROUP, "devicevolumes/status") == {"get"}
     assert _grants(role, GROUP, "devicenodes") == {"get", "list", "watch"}
     # get/create/update: leader election; list/watch: the agents' heartbeats.
