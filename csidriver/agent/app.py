@@ -186,6 +186,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             informer.subscribe(left)
             metrics.add_collector(lambda: _queue_metrics(queue))
             await _first_scan(reporter)
+            await partitions.thaw_leftovers()  # a clone's copy cut short by a crash must not leave its source frozen
             # Alive for the controller's scheduling only from here: its DeviceNode is written.
             tg.create_task(
                 Heartbeat(api, settings.namespace, settings.node_id, settings.heartbeat_seconds, owner).run()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -20,6 +21,7 @@ from csidriver.agent.workqueue import Retry
 from csidriver.api import constants as c
 from csidriver.api import naming
 from csidriver.api.objects import DeviceVolume, ErrorCode, Placement, State, placement_dict, volume_from_dict
+from csidriver.host.clone import SourceBusy
 from csidriver.host.disks import PoolDisk
 from csidriver.host.partitions import InsufficientCapacity, Partition, PartitionBusy, PartitionManager
 from csidriver.kube.resources import Conflict, Gone, Kube
@@ -240,7 +242,12 @@ class VolumeReconciler:
             if carved is None:
                 return
             part, guid = carved
-        await self._parts.wipe(part.node)
+        source = vol.annotations.get(c.CLONE_SOURCE_ANNOTATION, "")
+        if source:
+            if not await self._fill(vol, raw, source, part):
+                return
+        else:
+            await self._parts.wipe(part.node)
         await self._reporter.refresh()  # DeviceNode shows the space as used before the volume reads Ready
         placement = Placement(
             disk_guid=guid,
@@ -263,6 +270,39 @@ class VolumeReconciler:
             },
         )
         log.info("volume %s ready: %s on %s", vol.name, part.node, part.disk_path)
+
+    async def _fill(self, vol: DeviceVolume, raw: Mapping[str, Any], source: str, part: Partition) -> bool:
+        """A clone: copy the source volume's partition (this node's) onto the new one, in place of the wipe. False
+        when the clone failed for good (status Failed says why)."""
+        src_raw = self._cache.get(source)
+        src = volume_from_dict(src_raw) if src_raw is not None else None
+        if src is None or src.deleting or src.state is not State.READY or src.owner_node != self._node:
+            await self._fail(
+                vol, raw, ErrorCode.INTERNAL, f"clone source {source} is not a ready volume of node {self._node}"
+            )
+            return False
+        found = await self._parts.find(self._pool_disks(src.pool), naming.partition_name(source))
+        if found is None:
+            raise Retry(f"clone source {source}: partition not found on pool {src.pool!r} (its disk is absent?)")
+        src_part = await self._parts.activate(found[0].path, src.pool, found[1].name)
+        if src_part is None:
+            raise Retry(f"clone source {source}: partition vanished")
+        start = time.monotonic()
+        try:
+            copied = await self._parts.fill_from(src_part.node, part.node, vol.pool)
+        except SourceBusy as e:
+            await self._fail(vol, raw, ErrorCode.INTERNAL, f"clone of {source} refused: {e}")
+            return False
+        took = time.monotonic() - start
+        log.info(
+            "volume %s: copied %d bytes of %s in %.2f s (%.0f MiB/s)",
+            vol.name,
+            copied,
+            source,
+            took,
+            copied / c.MIB / max(took, 1e-6),
+        )
+        return True
 
     async def _carve(
         self, vol: DeviceVolume, raw: Mapping[str, Any], disks: list[PoolDisk], pname: str
@@ -306,6 +346,14 @@ class VolumeReconciler:
         """None when done, else seconds after which to try again (the brake on destruction is engaged)."""
         if c.FINALIZER not in vol.finalizers:
             return None
+        cloning = sorted(
+            name
+            for name, other in self._cache.items()
+            if (other.get("metadata") or {}).get("annotations", {}).get(c.CLONE_SOURCE_ANNOTATION) == vol.name
+            and (other.get("status") or {}).get("state", State.PENDING.value) == State.PENDING.value
+        )
+        if cloning:
+            raise Retry(f"volume {cloning[0]} is being copied from it")
         pname = naming.partition_name(vol.name)
         disks = self._pool_disks(vol.pool)
         found = await self._parts.find(disks, pname)

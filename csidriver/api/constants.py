@@ -43,3 +43,6 @@ RESIZED_CONDITION = "Resized"
 # Set by ControllerExpandVolume on each attempt; the agent names it in its Resized=False condition, so a refusal
 # is told apart from an older one.
 RESIZE_REQUEST_ANNOTATION = "local.openebs.io/resize-request"
+# A volume created as a clone names its source volume here (set by the controller at creation, never changed); its
+# agent fills the new partition with a block copy of the source's instead of wiping it.
+CLONE_SOURCE_ANNOTATION = "local.openebs.io/clone-of"

@@ -16,6 +16,7 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
+from .clone import Freezer, SourceBusy, copy_device, source_use
 from .disks import PoolDisk, device_users, kernel_geometry, kernel_partition
 from .parsers import MIB, DiskTable, Extent, PartitionEntry, free_extents, parse_sfdisk_json, partition_node
 from .runner import CommandError, Runner
@@ -111,6 +112,7 @@ class PartitionManager:
         self._settle_timeout = settle_timeout
         self._sys_root = sys_root
         self._mountinfo = mountinfo_path
+        self._freezer = Freezer(runner, lock_dir)
 
     async def find(self, disks: Sequence[PoolDisk], name: str) -> tuple[PoolDisk, PartitionEntry] | None:
         """Look a partition up by exact GPT name on fresh reads of the given pool disks."""
@@ -183,6 +185,38 @@ class PartitionManager:
             if entry is None:
                 return None
             return await self._activate(disk, table.sector_size, entry)
+
+    async def fill_from(self, source: str, target: str, pool: str) -> int:
+        """Make partition ``target`` (of a ``pool`` disk, never #1) a block copy of partition ``source``: the
+        source's bytes, then the target's last MiB zeroed when it is bigger (no stale end-of-device signature).
+        A source mounted as a filesystem is frozen during the copy; one published as a raw block device is
+        refused (SourceBusy). Returns the bytes copied. Repeatable: a copy cut short is simply done again."""
+        real = await asyncio.to_thread(os.path.realpath, target)
+        info = await asyncio.to_thread(kernel_partition, self._sys_root, os.path.basename(real))
+        if info is None or info.number == 1:
+            raise UnsafeOperation(f"{target} is not a volume partition")
+        _require_pool(info.disk_path, pool, await self._read(info.disk_path))
+        src = await asyncio.to_thread(os.path.realpath, source)
+        src_geo = await asyncio.to_thread(kernel_geometry, self._sys_root, os.path.basename(src))
+        dst_geo = await asyncio.to_thread(kernel_geometry, self._sys_root, os.path.basename(real))
+        if src_geo is None or dst_geo is None:
+            raise PartitionError(f"{source} or {target} is not a partition the kernel knows")
+        length, size = src_geo[1] * 512, dst_geo[1] * 512
+        if length > size:
+            raise PartitionError(f"{target} ({size} bytes) is smaller than its source {source} ({length} bytes)")
+        await self._ensure_idle(real)
+        use = await asyncio.to_thread(source_use, src, self._mountinfo)
+        if use.raw_binds:
+            raise SourceBusy(f"{source} is published as a raw block device at {use.raw_binds[0]} and cannot be frozen")
+        async with self._freezer.frozen(use.mount_points):
+            await asyncio.to_thread(copy_device, src, real, length)
+        if size > length:
+            await asyncio.to_thread(zero_tail, real, MIB)
+        return length
+
+    async def thaw_leftovers(self) -> list[str]:
+        """Thaw filesystems a copy froze in a run that died before thawing them."""
+        return await self._freezer.thaw_leftovers()
 
     async def wipe(self, node: str, *, pool: str | None = None) -> None:
         """Erase signatures and the first/last MiB of a partition (never #1, never a whole disk).
@@ -327,6 +361,18 @@ def zero_ends(node: str, length: int) -> None:
         chunk = min(length, size)
         for offset in sorted({0, size - chunk}):
             _pwrite_all(fd, bytes(chunk), offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def zero_tail(node: str, length: int) -> None:
+    """Zero the last ``length`` bytes of a device opened exclusively, then fsync."""
+    fd = os.open(node, os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC)
+    try:
+        size = os.lseek(fd, 0, os.SEEK_END)
+        chunk = min(length, size)
+        _pwrite_all(fd, bytes(chunk), size - chunk)
         os.fsync(fd)
     finally:
         os.close(fd)

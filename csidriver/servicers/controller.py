@@ -24,6 +24,7 @@ _CAPS = (
     _Rpc.VOLUME_CONDITION,
     _Rpc.SINGLE_NODE_MULTI_WRITER,
     _Rpc.EXPAND_VOLUME,
+    _Rpc.CLONE_VOLUME,
 )
 
 
@@ -55,6 +56,7 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
                 capacity_bytes=vol.capacity,
                 volume_context=dict(vol.context),
                 accessible_topology=[csi_pb2.Topology(segments={c.TOPOLOGY_KEY: vol.node})],
+                content_source=_source(vol.source_volume),
             )
         )
 
@@ -134,6 +136,12 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
         return csi_pb2.ControllerGetCapabilitiesResponse(
             capabilities=[csi_pb2.ControllerServiceCapability(rpc=_Rpc(type=t)) for t in _CAPS]
         )
+
+
+def _source(volume_id: str) -> csi_pb2.VolumeContentSource | None:
+    if not volume_id:
+        return None
+    return csi_pb2.VolumeContentSource(volume=csi_pb2.VolumeContentSource.VolumeSource(volume_id=volume_id))
 
 
 def _volume(v: ListedVolume) -> csi_pb2.Volume:

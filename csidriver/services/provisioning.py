@@ -20,6 +20,7 @@ from csidriver.services.errors import (
     Internal,
     InvalidArgument,
     NotFound,
+    OutOfRange,
     ResourceExhausted,
     Unavailable,
 )
@@ -110,18 +111,24 @@ class Provisioner:
         if not req.name:
             raise InvalidArgument("name must not be empty")
         check_capabilities(req.capabilities)
-        if req.has_content_source:
-            raise InvalidArgument("volume content sources (snapshots, clones) are not supported")
+        if req.has_content_source and not req.source_volume:
+            raise InvalidArgument("only volumes can be cloned: snapshot content sources are not supported")
         params = parse_params(req.parameters)
-        size = volume_size(req.required_bytes, req.limit_bytes)
+        source = await self._clone_source(req.source_volume) if req.source_volume else None
+        size = volume_size(req.required_bytes or (source.capacity if source else 0), req.limit_bytes)
+        if source is not None and size < source.capacity:
+            raise OutOfRange(f"a clone of {source.name} needs at least its {source.capacity} bytes, not {size}")
         name = naming.object_name(req.name)
         lock = self._locks.setdefault(name, asyncio.Lock())
         try:
             async with lock:
                 vol = await self._existing(name, req, params.pool)
                 if vol is None:
-                    node = self._choose(params.pool, size, req, params.policy)
-                    vol = await self._create_object(name, req.name, node, params.pool, size)
+                    if source is not None:
+                        node = self._clone_node(source, params.pool, size, req)
+                    else:
+                        node = self._choose(params.pool, size, req, params.policy)
+                    vol = await self._create_object(name, req.name, node, params.pool, size, req.source_volume)
                 return await self._outcome(vol)
         finally:
             if not lock.locked():
@@ -137,6 +144,9 @@ class Provisioner:
         if await self._withdrawn(vol):
             return None
         fits_range = vol.capacity >= req.required_bytes and (not req.limit_bytes or vol.capacity <= req.limit_bytes)
+        same_source = vol.annotations.get(c.CLONE_SOURCE_ANNOTATION, "") == req.source_volume
+        if not same_source:
+            raise AlreadyExists(f"volume {name} exists with another content source")
         if not fits_range or vol.pool != pool:
             raise AlreadyExists(
                 f"volume {name} exists with {vol.capacity} bytes in pool {vol.pool!r}, incompatible with this request"
@@ -216,12 +226,51 @@ class Provisioner:
             f"no node in {where} can fit {size} bytes in pool {pool!r}: largest free extent is {largest} bytes"
         )
 
-    async def _create_object(self, name: str, csi_name: str, node: str, pool: str, size: int) -> DeviceVolume:
-        self._cluster.reserve(name, node, pool, size)
-        try:
-            raw = await self._store.create_volume(
-                new_volume_body(name, self._store.namespace, node, pool, size, csi_name)
+    async def _clone_source(self, volume_id: str) -> DeviceVolume:
+        vol = self._cluster.volumes.get(volume_id) if naming.is_valid_volume_id(volume_id) else None
+        if vol is None and naming.is_valid_volume_id(volume_id):
+            raw = await self._store.get_volume(volume_id)
+            vol = volume_from_dict(raw) if raw is not None else None
+        if vol is None:
+            raise NotFound(f"source volume {volume_id} does not exist")
+        if vol.deleting or vol.state is not State.READY:
+            raise FailedPrecondition(
+                f"source volume {volume_id} is {'being deleted' if vol.deleting else vol.state.value}"
             )
+        return vol
+
+    def _clone_node(self, source: DeviceVolume, pool: str, size: int, req: CreateRequest) -> str:
+        """A clone is carved on its source's node (the copy is local); say why when that node cannot take it."""
+        node = source.owner_node
+        if req.requisite and not any(matches(self._node_labels(node), s) for s in req.requisite):
+            raise ResourceExhausted(
+                f"a clone is made on its source's node {node}, which the requested topology excludes"
+            )
+        why = self._cluster.agent_gone(node)
+        if why is not None:
+            raise ResourceExhausted(f"a clone of {source.name} is made on node {node}, but {why}")
+        if node not in self._cluster.nodes or not fits(self._cluster.node_state(node), pool, size):
+            largest = pool_capacity(self._cluster.node_state(node), pool)[1] if node in self._cluster.nodes else 0
+            raise ResourceExhausted(
+                f"node {node} (the source's) cannot fit a {size} byte clone in pool {pool!r}: largest free extent is"
+                f" {largest} bytes"
+            )
+        return node
+
+    def _node_labels(self, node: str) -> Mapping[str, str]:
+        if node in self._cluster.nodes:
+            return node_labels(self._cluster, node)
+        return {c.TOPOLOGY_KEY: node}
+
+    async def _create_object(
+        self, name: str, csi_name: str, node: str, pool: str, size: int, source: str = ""
+    ) -> DeviceVolume:
+        self._cluster.reserve(name, node, pool, size)
+        body = new_volume_body(name, self._store.namespace, node, pool, size, csi_name)
+        if source:
+            body["metadata"].setdefault("annotations", {})[c.CLONE_SOURCE_ANNOTATION] = source
+        try:
+            raw = await self._store.create_volume(body)
         except Exception:
             self._cluster.release(name)
             raise
@@ -245,6 +294,7 @@ class Provisioner:
             node=final.owner_node,
             pool=final.pool,
             context={c.CTX_DEVICE_NAME: final.pool, c.CTX_CAS_TYPE: c.CAS_TYPE},
+            source_volume=final.annotations.get(c.CLONE_SOURCE_ANNOTATION, ""),
         )
 
     async def _wait_on_node(self, vol: DeviceVolume, pred: Callable[[DeviceVolume | None], bool], what: str) -> Any:

@@ -133,6 +133,7 @@ class CreateRequest:
     requisite: tuple[Segment, ...] = ()
     preferred: tuple[Segment, ...] = ()
     has_content_source: bool = False
+    source_volume: str = ""  # the volume to clone (VolumeContentSource.volume), when that is the source
 
 
 @dataclass(frozen=True)
@@ -142,3 +143,4 @@ class CreatedVolume:
     node: str
     pool: str
     context: Mapping[str, str] = field(default_factory=dict)
+    source_volume: str = ""

@@ -1,0 +1,192 @@
+"""Clones: a new partition on the source's node holding a block copy of the source, even while it is mounted.
+
+Its own node and disk, so placements and sizes are known.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from csidriver.csi import csi_pb2, csi_pb2_grpc
+from tests.conftest import POOL, Cluster
+from tests.e2e.csi import AM, MIB, block_cap, code_of, delete, mount_cap, publish, unpublish
+from tests.e2e.test_plugin import plugin
+from tests.harness.disks import LoopDisk, partitions
+from tests.harness.driver import Process
+
+NODE = "node-clone"
+TOPO = {"openebs.io/nodename": NODE}
+C = grpc.StatusCode
+
+
+@pytest.fixture(scope="module")
+def clone_node(cluster: Cluster) -> Iterator[tuple[Process, LoopDisk]]:
+    cluster.api.add_node(NODE)
+    disk = cluster.disks.pool(POOL, 768)
+    agent = cluster.driver.agent(NODE, [disk.device])
+    agent.wait_ready()
+    try:
+        yield agent, disk
+    finally:
+        cluster.driver.processes[agent.name].stop()
+        plugin(cluster, "release-node", NODE, "--reason", "clone test done")
+        cluster.api.kubectl("delete", "node", NODE, "--ignore-not-found")
+
+
+def _create(
+    cluster: Cluster, size: int, source: str = "", cap: Any = None, requisite: list[dict[str, str]] | None = None
+) -> Any:
+    req = csi_pb2.CreateVolumeRequest(
+        name=f"pvc-{uuid.uuid4()}",
+        capacity_range=csi_pb2.CapacityRange(required_bytes=size),
+        volume_capabilities=[cap or mount_cap()],
+        parameters={"devname": POOL},
+        accessibility_requirements=csi_pb2.TopologyRequirement(
+            requisite=[csi_pb2.Topology(segments=s) for s in (requisite if requisite is not None else [TOPO])]
+        ),
+    )
+    if source:
+        req.volume_content_source.volume.volume_id = source
+    return csi_pb2_grpc.ControllerStub(cluster.controller_channel).CreateVolume(req, timeout=60).volume
+
+
+def _digest(device: str, length: int) -> str:
+    h = hashlib.sha256()
+    with open(device, "rb") as f:
+        h.update(f.read(length))
+    return h.hexdigest()
+
+
+def _device(disk: LoopDisk, volume_id: str) -> str:
+    """The partition of a volume, by its GPT name on the node's disk."""
+    return next(str(p["node"]) for p in partitions(disk.device) if p["name"] == volume_id.removeprefix("pvc-"))
+
+
+def test_clone_of_a_mounted_filesystem_holds_its_files(cluster: Cluster, clone_node: tuple[Process, LoopDisk]) -> None:
+    agent, _ = clone_node
+    node_ch = grpc.insecure_channel(f"unix://{agent.socket}")
+    source = _create(cluster, 32 * MIB)
+    src_target = str(cluster.workdir / f"clone-src-{source.volume_id}")
+    publish(node_ch, source, src_target)
+    data = os.urandom(8 * MIB)
+    Path(src_target, "data").write_bytes(data)
+    os.sync()
+    made: list[str] = []
+    try:
+        start = time.monotonic()
+        clone = _create(cluster, 0, source=source.volume_id)  # no size: the source's
+        made.append(clone.volume_id)
+        print(f"clone of a mounted 32 MiB volume ready in {time.monotonic() - start:.2f} s")
+        assert clone.capacity_bytes == 32 * MIB
+        assert clone.content_source.volume.volume_id == source.volume_id
+        assert dict(clone.accessible_topology[0].segments) == TOPO
+        # The source stays writable (thawed) after the copy.
+        Path(src_target, "after").write_bytes(b"still writable")
+        target = str(cluster.workdir / f"clone-{clone.volume_id}")
+        publish(node_ch, clone, target)
+        try:
+            assert Path(target, "data").read_bytes() == data
+            assert not Path(target, "after").exists()
+        finally:
+            unpublish(node_ch, clone.volume_id, target)
+    finally:
+        unpublish(node_ch, source.volume_id, src_target)
+        for v in [*made, source.volume_id]:
+            delete(cluster.controller_channel, v)
+
+
+def test_bigger_clone_of_a_raw_volume_is_a_byte_copy(cluster: Cluster, clone_node: tuple[Process, LoopDisk]) -> None:
+    _, disk = clone_node
+    source = _create(cluster, 16 * MIB, cap=block_cap())
+    made: list[str] = []
+    try:
+        src_dev = _device(disk, source.volume_id)
+        with open(src_dev, "r+b") as f:
+            f.write(os.urandom(16 * MIB))
+            f.flush()
+            os.fsync(f.fileno())
+        clone = _create(cluster, 48 * MIB, source=source.volume_id, cap=block_cap())
+        made.append(clone.volume_id)
+        assert clone.capacity_bytes == 48 * MIB
+        dst_dev = _device(disk, clone.volume_id)
+        assert _digest(dst_dev, 16 * MIB) == _digest(src_dev, 16 * MIB)
+        with open(dst_dev, "rb") as f:  # no stale signature at the end of the bigger clone
+            f.seek(-MIB, os.SEEK_END)
+            assert f.read(MIB) == bytes(MIB)
+    finally:
+        for v in [*made, source.volume_id]:
+            delete(cluster.controller_channel, v)
+
+
+def test_clone_requests_that_cannot_be_served(cluster: Cluster, clone_node: tuple[Process, LoopDisk]) -> None:
+    agent, _ = clone_node
+    node_ch = grpc.insecure_channel(f"unix://{agent.socket}")
+    source = _create(cluster, 16 * MIB)
+    raw = _create(cluster, 16 * MIB, cap=block_cap())
+    raw_target = str(cluster.workdir / f"clone-raw-{raw.volume_id}")
+    publish(node_ch, raw, raw_target, cap=block_cap())
+    try:
+        cases = [
+            (lambda: _create(cluster, 16 * MIB, source=f"pvc-{uuid.uuid4()}"), C.NOT_FOUND, "does not exist"),
+            (lambda: _create(cluster, 8 * MIB, source=source.volume_id), C.OUT_OF_RANGE, "at least"),
+            (
+                lambda: _create(cluster, 16 * MIB, source=source.volume_id, requisite=[{"openebs.io/nodename": "x"}]),
+                C.RESOURCE_EXHAUSTED,
+                "excludes",
+            ),
+            (lambda: _create(cluster, 4096 * MIB, source=source.volume_id), C.RESOURCE_EXHAUSTED, "cannot fit"),
+        ]
+        for call, code, words in cases:
+            got, msg = code_of(call)
+            assert got == code and words in msg, (code, msg)
+        # A source in use as a raw block device cannot be frozen: refused, and the clone's object goes.
+        got, msg = code_of(lambda: _create(cluster, 16 * MIB, source=raw.volume_id, cap=block_cap()))
+        assert got != C.OK and "raw block device" in msg, msg
+        snap = csi_pb2.CreateVolumeRequest(
+            name="from-snapshot",
+            volume_capabilities=[mount_cap(mode=AM.SINGLE_NODE_WRITER)],
+            parameters={"devname": POOL},
+        )
+        snap.volume_content_source.snapshot.snapshot_id = "snap-1"
+        got, msg = code_of(lambda: csi_pb2_grpc.ControllerStub(cluster.controller_channel).CreateVolume(snap))
+        assert got == C.INVALID_ARGUMENT and "snapshot" in msg, msg
+    finally:
+        unpublish(node_ch, raw.volume_id, raw_target)
+        for v in (raw.volume_id, source.volume_id):
+            delete(cluster.controller_channel, v)
+
+
+def test_a_filesystem_left_frozen_by_a_crash_is_thawed_at_start(
+    cluster: Cluster, clone_node: tuple[Process, LoopDisk]
+) -> None:
+    """The state a crash during a copy leaves: the source frozen, with the agent's marker. The next agent thaws it."""
+    agent, disk = clone_node
+    node_ch = grpc.insecure_channel(f"unix://{agent.socket}")
+    source = _create(cluster, 16 * MIB)
+    target = str(cluster.workdir / f"frozen-{source.volume_id}")
+    publish(node_ch, source, target)
+    try:
+        agent.kill()
+        marker = cluster.workdir / "locks" / "frozen" / target.strip("/").replace("/", "_")
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(target)
+        subprocess.run(["fsfreeze", "--freeze", target], check=True)
+        restarted = cluster.driver.agent(NODE, [disk.device])
+        restarted.wait_ready()
+        Path(target, "written").write_bytes(b"thawed")  # would block while frozen
+        assert not marker.exists()
+    finally:
+        subprocess.run(["fsfreeze", "--unfreeze", target], check=False, capture_output=True)
+        node_ch = grpc.insecure_channel(f"unix://{cluster.driver.processes['agent-' + NODE].socket}")
+        unpublish(node_ch, source.volume_id, target)
+        delete(cluster.controller_channel, source.volume_id)
