@@ -6,7 +6,7 @@ import json
 
 from tests.conftest import NODE, Cluster
 from tests.harness.disks import partitions
-from tests.harness.drill import run_drill
+from tests.harness.drill import leftovers, run_drill
 
 
 def test_fault_drill(cluster: Cluster) -> None:
@@ -21,10 +21,13 @@ def test_fault_drill(cluster: Cluster) -> None:
         operations=16,
         seed=20261121,
         min_kills=3,
+        disks=[d.device for d in cluster.pool_disks],
     )
     assert report.operations >= 16 and report.apiserver_restarts == 1
     assert report.verified == report.operations  # every volume's data read back intact before it was deleted
     assert sum(report.kills.values()) >= 3, report
     assert [partitions(d.device) for d in cluster.pool_disks] == before  # nothing leaked
+    assert report.layout_checks > report.operations and not report.double_allocations, report.double_allocations
+    assert leftovers(cluster.workdir) == []  # no mount or target left
     items = json.loads(cluster.api.kubectl("get", "devicevolumes", "-n", "openebs", "-o", "json"))["items"]
     assert [i["metadata"]["name"] for i in items] == []  # nothing stuck
