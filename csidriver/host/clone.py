@@ -4,7 +4,7 @@ A source mounted as a filesystem is frozen (FIFREEZE through `fsfreeze`) only fo
 consistent; before freezing, a marker naming the mount point is written to a state directory and removed after the
 thaw, so an agent that died while a filesystem was frozen thaws it when it starts again (`thaw_leftovers`). A source
 bind-mounted as a raw block device cannot be frozen and is refused. The copy uses O_DIRECT in large aligned blocks
-(no page-cache pollution), then fsync.
+(no page-cache pollution), reading the next block while writing this one, then fsync.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import logging
 import mmap
 import os
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .parsers import parse_mountinfo
@@ -46,32 +47,44 @@ def source_use(node: str, mountinfo_path: str = "/proc/self/mountinfo") -> Sourc
 
 
 def copy_device(src: str, dst: str, length: int, progress: Callable[[int], None] | None = None) -> None:
-    """Copy the first `length` bytes of `src` onto `dst` with O_DIRECT, then fsync `dst`."""
-    buf = mmap.mmap(-1, BLOCK)  # page-aligned, as O_DIRECT wants
-    view = memoryview(buf)
+    """Copy the first `length` bytes of `src` onto `dst` with O_DIRECT, then fsync `dst`. Two aligned buffers: the
+    next block is read (in a helper thread; the system calls release the GIL) while this one is written."""
+    bufs = [mmap.mmap(-1, BLOCK), mmap.mmap(-1, BLOCK)]  # page-aligned, as O_DIRECT wants
+    views = [memoryview(b) for b in bufs]
     fin = os.open(src, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
     try:
         fout = os.open(dst, os.O_WRONLY | os.O_DIRECT | os.O_EXCL | os.O_CLOEXEC)
         try:
-            done = 0
-            while done < length:
-                want = min(BLOCK, length - done)
-                got = os.preadv(fin, [view[:want]], done)
-                if got <= 0:
-                    raise OSError(f"{src}: short read at byte {done}")
-                wrote = 0
-                while wrote < got:
-                    wrote += os.pwritev(fout, [view[wrote:got]], done + wrote)
-                done += got
-                if progress is not None:
-                    progress(done)
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="copy-read") as reader:
+
+                def read(slot: int, offset: int) -> int:
+                    want = min(BLOCK, length - offset)
+                    got = os.preadv(fin, [views[slot][:want]], offset)
+                    if got <= 0:
+                        raise OSError(f"{src}: short read at byte {offset}")
+                    return got
+
+                done, slot = 0, 0
+                pending = reader.submit(read, slot, 0) if length > 0 else None
+                while pending is not None:
+                    got = pending.result()
+                    nxt = done + got
+                    pending = reader.submit(read, 1 - slot, nxt) if nxt < length else None
+                    wrote = 0
+                    while wrote < got:
+                        wrote += os.pwritev(fout, [views[slot][wrote:got]], done + wrote)
+                    done, slot = nxt, 1 - slot
+                    if progress is not None:
+                        progress(done)
             os.fsync(fout)
         finally:
             os.close(fout)
     finally:
         os.close(fin)
-        view.release()
-        buf.close()
+        for v in views:
+            v.release()
+        for b in bufs:
+            b.close()
 
 
 class Freezer:
