@@ -23,7 +23,15 @@ from csidriver.api import naming
 from csidriver.api.objects import DeviceVolume, ErrorCode, Placement, State, placement_dict, volume_from_dict
 from csidriver.host.clone import SourceBusy
 from csidriver.host.disks import PoolDisk
-from csidriver.host.partitions import InsufficientCapacity, Partition, PartitionBusy, PartitionManager
+from csidriver.host.partitions import (
+    InsufficientCapacity,
+    NotAPoolDisk,
+    Partition,
+    PartitionBusy,
+    PartitionError,
+    PartitionManager,
+)
+from csidriver.host.runner import CommandError
 from csidriver.kube.resources import Conflict, Gone, Kube
 
 log = logging.getLogger(__name__)
@@ -102,7 +110,14 @@ class VolumeReconciler:
             if vol.deleting:
                 return await self._delete(vol, raw)
             elif vol.state is State.PENDING:
-                await self._create(vol, raw)
+                try:
+                    await self._create(vol, raw)
+                except (Conflict, Gone, Retry):
+                    raise
+                except Exception as e:
+                    # Retried with backoff; meanwhile status says why, so CreateVolume can answer with the cause.
+                    await self._explain(vol, e)
+                    raise
             elif vol.state is State.READY and not _located_here(vol, self._node):
                 await self._locate(vol)
             elif vol.state is State.READY:
@@ -146,6 +161,20 @@ class VolumeReconciler:
 
     def _pool_disks(self, pool: str) -> list[PoolDisk]:
         return [d for d in self._reporter.disks if d.pool == pool]
+
+    async def _explain(self, vol: DeviceVolume, error: Exception) -> None:
+        """Ready=False with the failure's class and message (written only when it changes); best effort."""
+        reason = {
+            NotAPoolDisk: "NotAPoolDisk",
+            PartitionBusy: "PartitionBusy",
+            CommandError: "CommandFailed",
+            PartitionError: "PartitionFailed",
+        }
+        kind = next((r for cls, r in reason.items() if isinstance(error, cls)), "AgentError")
+        try:
+            await self._set_condition(vol, "Ready", False, kind, f"node {self._node}: {error}")
+        except Exception as e:
+            log.warning("volume %s: could not record the failure in status: %s", vol.name, e)
 
     async def _not_released(self, vol: DeviceVolume, reason: str, message: str) -> None:
         """Say in status why the deletion waits (the controller answers DeleteVolume from it); written only when

@@ -83,6 +83,16 @@ def _refusal(vol: DeviceVolume, request: str) -> Mapping[str, Any] | None:
     return None
 
 
+def _agent_failure(vol: DeviceVolume | None) -> tuple[str, str] | None:
+    """(reason, message) of the failure the agent reports on a Pending volume it keeps retrying, or None."""
+    if vol is None or vol.state is not State.PENDING or vol.deleting:
+        return None
+    for cond in vol.conditions:
+        if cond.get("type") == "Ready" and cond.get("status") == "False":
+            return str(cond.get("reason") or "AgentError"), str(cond.get("message") or "")
+    return None
+
+
 def _release_blocked(vol: DeviceVolume) -> str | None:
     """The agent's reason why the partition of a deleted volume is not released yet (status condition), or None."""
     for cond in vol.conditions:
@@ -93,6 +103,8 @@ def _release_blocked(vol: DeviceVolume) -> str | None:
 
 # Seconds between checks that a volume's agent is alive while a call waits on it.
 AGENT_CHECK = 1.0
+# Seconds a call waits on a volume whose agent reports a failure it retries, before answering with it.
+FAILURE_GRACE = 5.0
 # Seconds DeleteVolume waits before answering with the agent's reason why a deletion is blocked.
 DELETE_GRACE = 5.0
 # Seconds to wait for the cache to drop a withdrawn placement.
@@ -299,13 +311,17 @@ class Provisioner:
 
     async def _wait_on_node(self, vol: DeviceVolume, pred: Callable[[DeviceVolume | None], bool], what: str) -> Any:
         """Wait for `pred` on the cached volume, for the timeout; answer at once (UNAVAILABLE) when the agent of
-        the volume's node is gone meanwhile, rather than at the end of the timeout."""
+        the volume's node is gone meanwhile, and after FAILURE_GRACE with the agent's own account when it reports
+        a failure it keeps retrying (status Ready=False), rather than at the end of the timeout."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._timeout
+        start = loop.time()
+        deadline = start + self._timeout
         while True:
             left = deadline - loop.time()
             if left <= 0:
-                raise DeadlineExceeded(f"volume {vol.name} {what} on node {vol.owner_node}; retry")
+                failing = _agent_failure(self._cluster.volumes.get(vol.name))
+                cause = f": {failing[1]}" if failing else ""
+                raise DeadlineExceeded(f"volume {vol.name} {what} on node {vol.owner_node}{cause}; retry")
             try:
                 return await self._cluster.wait_for(vol.name, pred, min(left, AGENT_CHECK))
             except TimeoutError:
@@ -313,6 +329,12 @@ class Provisioner:
             why = self._cluster.agent_gone(vol.owner_node)
             if why is not None:
                 raise Unavailable(f"volume {vol.name} {what}: node {vol.owner_node}: {why}")
+            failing = _agent_failure(self._cluster.volumes.get(vol.name))
+            if failing is not None and loop.time() - start >= FAILURE_GRACE:
+                reason, message = failing
+                if reason in ("NotAPoolDisk", "PartitionBusy"):
+                    raise FailedPrecondition(f"volume {vol.name} {what}: {message}")
+                raise Internal(f"volume {vol.name} {what}: {message} (the agent keeps retrying)")
 
     # -- DeleteVolume ----------------------------------------------------------------------------------------
     async def delete(self, volume_id: str) -> None:

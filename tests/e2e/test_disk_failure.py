@@ -13,6 +13,7 @@ from csidriver.csi import csi_pb2, csi_pb2_grpc
 from tests.conftest import POOL, Cluster
 from tests.e2e.csi import MIB, code_of, create, delete
 from tests.e2e.test_plugin import plugin
+from tests.harness.disks import partitions
 
 NODE = "node-fail"
 TOPO = {"openebs.io/nodename": NODE}
@@ -113,4 +114,35 @@ def test_gone_disk_is_listed_only_while_a_volume_is_on_it(cluster: Cluster) -> N
     finally:
         agent.stop()
         plugin(cluster, "release-node", node, "--reason", "disk test done")
+        cluster.api.kubectl("delete", "node", node, "--ignore-not-found")
+
+
+def test_an_agent_failure_reaches_create_volume_with_its_cause(cluster: Cluster) -> None:
+    """A failure the agent keeps retrying (here: its lock directory cannot be made, a misconfiguration) is written
+    in status and answered by CreateVolume after a few seconds with the agent's reason, not a bare
+    DEADLINE_EXCEEDED after the whole timeout; nothing is written on the disk."""
+    node = "node-misconf"
+    cluster.api.add_node(node)
+    disk = cluster.disks.pool(POOL, 64)
+    blocker = cluster.workdir / "not-a-directory"
+    blocker.write_text("")
+    agent = cluster.driver.agent(node, [disk.device], LOCK_DIR=str(blocker / "locks"))
+    agent.wait_ready()
+    name = f"pvc-{uuid.uuid4()}"
+    layout = partitions(disk.device)
+    try:
+        start = time.monotonic()
+        code, msg = code_of(
+            lambda: create(cluster.controller_channel, name, 4 * MIB, requisite=[{"openebs.io/nodename": node}])
+        )
+        took = time.monotonic() - start
+        assert code == grpc.StatusCode.INTERNAL, msg
+        assert "not-a-directory" in msg and node in msg and "keeps retrying" in msg, msg
+        assert took < 20, f"answered after {took:.1f} s"
+        status = json.loads(cluster.api.kubectl("get", "devicevolume", "-n", "openebs", name, "-o", "json"))["status"]
+        assert [c["reason"] for c in status["conditions"] if c["type"] == "Ready"] == ["AgentError"]
+        assert partitions(disk.device) == layout
+    finally:
+        agent.stop()
+        plugin(cluster, "release-node", node, "--reason", "misconfiguration test done")
         cluster.api.kubectl("delete", "node", node, "--ignore-not-found")
