@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build (once) the Go-built tools the tests and the demo need, into a versioned cache outside the repo.
-# Usage: hack/tools.sh [all|etcd|kube|kubelet|helm|csi-sanity|csi-provisioner|original|csi-proto|kubelet-proto|env|dir]
+# Usage: hack/tools.sh [all|etcd|kube|kubelet|helm|csi-sanity|csi-provisioner|csi-resizer|original|csi-proto|kubelet-proto|env|dir]
 # Prints nothing but progress on stderr; the cache dir is printed on stdout by `hack/tools.sh dir`.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -80,22 +80,30 @@ for r in json.load(sys.stdin).get("Replace") or []:
     while read -r rep; do go mod edit -replace "$rep"; done
 }
 
-# The provisioner's go.mod carries replace directives: copy them (versioned ones only) into a scratch module.
-build_provisioner() {
-  local out; out=$(bin_dir external-provisioner "$EXTERNAL_PROVISIONER_VERSION-stripped")
-  [[ -x $out/csi-provisioner ]] && return 0
-  log "building csi-provisioner $EXTERNAL_PROVISIONER_VERSION"
-  local mod=github.com/kubernetes-csi/external-provisioner/v6
+# build_sidecar <module> <command> <version> <cache name>: one kubernetes-csi sidecar, stripped and stamped with its
+# version. Its go.mod may carry replace directives: copy them (versioned ones only) into a scratch module.
+build_sidecar() {
+  local mod=$1 cmd=$2 ver=$3 out; out=$(bin_dir "$4" "$ver-stripped")
+  [[ -x $out/$cmd ]] && return 0
+  log "building $cmd $ver"
   local d; d=$(scratch)
-  local gomod; gomod=$(go mod download -json "$mod@$EXTERNAL_PROVISIONER_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  local gomod; gomod=$(go mod download -json "$mod@$ver" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
   (
     cd "$d"
     copy_replaces "$gomod"
-    go get "$mod/cmd/csi-provisioner@$EXTERNAL_PROVISIONER_VERSION" >&2
-    go build -ldflags "-s -w -X main.version=$EXTERNAL_PROVISIONER_VERSION" -o "$out.tmp/csi-provisioner" \
-      "$mod/cmd/csi-provisioner" >&2
+    go get "$mod/cmd/$cmd@$ver" >&2
+    go build -ldflags "-s -w -X main.version=$ver" -o "$out.tmp/$cmd" "$mod/cmd/$cmd" >&2
   )
   mv "$out.tmp" "$out"; rm -rf "$d"
+}
+
+build_provisioner() {
+  build_sidecar github.com/kubernetes-csi/external-provisioner/v6 csi-provisioner "$EXTERNAL_PROVISIONER_VERSION" \
+    external-provisioner
+}
+
+build_resizer() {
+  build_sidecar github.com/kubernetes-csi/external-resizer/v2 csi-resizer "$EXTERNAL_RESIZER_VERSION" external-resizer
 }
 
 # The original Go driver (openebs/device-localpv), a test component only. Its go.mod has replace directives, so
@@ -149,6 +157,7 @@ case $cmd in
     echo "KUBE_BIN_DIR=$(bin_dir kubernetes "$KUBERNETES_VERSION")"
     echo "CSI_SANITY_BIN=$(bin_dir csi-test "$CSI_TEST_VERSION")/csi-sanity"
     echo "CSI_PROVISIONER_BIN=$(bin_dir external-provisioner "$EXTERNAL_PROVISIONER_VERSION-stripped")/csi-provisioner"
+    echo "CSI_RESIZER_BIN=$(bin_dir external-resizer "$EXTERNAL_RESIZER_VERSION-stripped")/csi-resizer"
     echo "HELM_BIN=$(bin_dir helm "$HELM_VERSION")/helm"
     echo "ORIGINAL_BIN=$(bin_dir device-localpv-original "$ORIGINAL_VERSION")/device-driver" ;;
   csi-proto) csi_proto ;;
@@ -159,11 +168,12 @@ case $cmd in
   kube) build_kube kube-apiserver kubectl kube-controller-manager kube-scheduler ;;
   csi-sanity) build_csi_sanity ;;
   csi-provisioner) build_provisioner ;;
+  csi-resizer) build_resizer ;;
   original) build_original ;;
   all)
     start=$(date +%s)
     build_etcd; build_csi_sanity; build_kube kube-apiserver kubectl kube-controller-manager kube-scheduler kubelet
-    build_provisioner; build_helm; build_original
+    build_provisioner; build_resizer; build_helm; build_original
     log "tools ready in $(( $(date +%s) - start ))s under $cache_root" ;;
   *) echo "unknown tool: $cmd" >&2; exit 2 ;;
 esac
