@@ -2,13 +2,14 @@
 # Build, with podman and without any container registry, every image the deploy/ manifests use, save each one
 # as a docker-archive tarball in a cache outside the repo, and print the tarballs' paths.
 #
-#   hack/image.sh                 build what is missing; stdout: one archive path per line (3 lines)
+#   hack/image.sh                 build what is missing; stdout: one archive path per line (4 lines)
 #   hack/image.sh --print-sizes   build nothing; stdout: image, size and build time of the current archives
 #   hack/image.sh --rebuild       cold build: new base rootfs, no podman layer cache, archives replaced
 #
 # Images (names fully qualified, the way containerd's CRI looks them up):
 #   docker.io/openebs/device-localpv:<project version>   the repo's Dockerfile, on a base made from Debian packages
 #   registry.k8s.io/sig-storage/csi-provisioner:<EXTERNAL_PROVISIONER_VERSION>
+#   registry.k8s.io/sig-storage/csi-resizer:<EXTERNAL_RESIZER_VERSION>
 #                                                         FROM scratch + the static binary built by hack/tools.sh
 #   registry.k8s.io/pause:<PAUSE_VERSION>                 FROM scratch + hack/pause/pause.c compiled static
 #
@@ -59,6 +60,7 @@ project_version=$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.a
   pyproject.toml)
 DRIVER_IMAGE=docker.io/openebs/device-localpv:$project_version
 PROVISIONER_IMAGE=registry.k8s.io/sig-storage/csi-provisioner:$EXTERNAL_PROVISIONER_VERSION
+RESIZER_IMAGE=registry.k8s.io/sig-storage/csi-resizer:$EXTERNAL_RESIZER_VERSION
 PAUSE_IMAGE=registry.k8s.io/pause:$PAUSE_VERSION
 max_driver_mb=${DEVICE_LOCALPV_MAX_DRIVER_MB:-250}
 
@@ -123,15 +125,15 @@ base_key() {
     sha256sum <"$HOST_CA_BUNDLE"; } | sha
 }
 
-provisioner_bin() { hack/tools.sh env | sed -n 's/^CSI_PROVISIONER_BIN=//p'; }
+tool_bin() { hack/tools.sh env | sed -n "s/^$1=//p"; }  # tool_bin <variable of hack/tools.sh env>
 
 # The Containerfile of a one-binary image: the file at the root, run as the entrypoint.
 scratch_containerfile() {  # scratch_containerfile <file name>
   printf 'FROM scratch\nCOPY %s /%s\nENTRYPOINT ["/%s"]\n' "$1" "$1" "$1"
 }
 
-provisioner_key() {  # provisioner_key <binary>
-  { echo "$PROVISIONER_IMAGE"; sha256sum <"$1"; scratch_containerfile csi-provisioner; } | sha
+sidecar_key() {  # sidecar_key <image> <binary>
+  { echo "$1"; sha256sum <"$2"; scratch_containerfile "$(basename "$2")"; } | sha
 }
 
 PAUSE_CFLAGS=(-static -Os -s -Wall -Wextra -Werror "-DPAUSE_VERSION=\"$PAUSE_VERSION\"")
@@ -234,7 +236,7 @@ ensure_base() {  # prints the reference of the base image, making it first if ne
 }
 
 # ---------------------------------------------------------------------------------------------------------------
-# The three images
+# The four images
 # ---------------------------------------------------------------------------------------------------------------
 build_driver() {  # build_driver <archive>
   local archive=$1 start previous base protos size
@@ -282,6 +284,10 @@ build_provisioner() {  # build_provisioner <archive>
   build_scratch "$PROVISIONER_IMAGE" "$1" "$prov_bin" "$(date +%s)"
 }
 
+build_resizer() {  # build_resizer <archive>
+  build_scratch "$RESIZER_IMAGE" "$1" "$resizer_bin" "$(date +%s)"
+}
+
 build_pause() {  # build_pause <archive>
   local start
   start=$(date +%s)
@@ -301,17 +307,24 @@ mkdir -p "$cache"
 exec 9>"$cache/.lock"  # one run at a time per cache (a test harness and a developer may start it together)
 flock 9
 
-prov_bin=$(provisioner_bin)
-if [[ ! -x $prov_bin ]]; then
-  [[ $mode != sizes ]] || die "csi-provisioner is not built yet ($prov_bin)"
-  log "no csi-provisioner binary yet: building it with hack/tools.sh (several minutes)"
-  hack/tools.sh csi-provisioner >&2
-fi
+# sidecar_bin <variable of hack/tools.sh env> <tool>: the sidecar's binary, built first when missing.
+sidecar_bin() {
+  local bin; bin=$(tool_bin "$1")
+  if [[ ! -x $bin ]]; then
+    [[ $mode != sizes ]] || die "$2 is not built yet ($bin)"
+    log "no $2 binary yet: building it with hack/tools.sh (several minutes)"
+    hack/tools.sh "$2" >&2
+  fi
+  echo "$bin"
+}
+prov_bin=$(sidecar_bin CSI_PROVISIONER_BIN csi-provisioner)
+resizer_bin=$(sidecar_bin CSI_RESIZER_BIN csi-resizer)
 
 driver_archive=$(archive_path "device-localpv-$project_version" "$(driver_key)")
-prov_archive=$(archive_path "csi-provisioner-$EXTERNAL_PROVISIONER_VERSION" "$(provisioner_key "$prov_bin")")
+prov_archive=$(archive_path "csi-provisioner-$EXTERNAL_PROVISIONER_VERSION" "$(sidecar_key "$PROVISIONER_IMAGE" "$prov_bin")")
+resizer_archive=$(archive_path "csi-resizer-$EXTERNAL_RESIZER_VERSION" "$(sidecar_key "$RESIZER_IMAGE" "$resizer_bin")")
 pause_archive=$(archive_path "pause-$PAUSE_VERSION" "$(pause_key)")
-archives=("$driver_archive" "$prov_archive" "$pause_archive")
+archives=("$driver_archive" "$prov_archive" "$resizer_archive" "$pause_archive")
 
 summary() {  # per image: name, uncompressed size (podman's figure), build time
   local a size seconds how
@@ -334,6 +347,7 @@ for a in "${archives[@]}"; do
   case $a in
     "$driver_archive") build_driver "$a" ;;
     "$prov_archive") build_provisioner "$a" ;;
+    "$resizer_archive") build_resizer "$a" ;;
     "$pause_archive") build_pause "$a" ;;
   esac
   built_now[$a]=1
