@@ -210,6 +210,10 @@ def _provisioner(objects: Objects) -> Obj:
     return _container(objects, CONTROLLER, "csi-provisioner")
 
 
+def _resizer(objects: Objects) -> Obj:
+    return _container(objects, CONTROLLER, "csi-resizer")
+
+
 def _env(container: Obj) -> dict[str, str]:
     """The plain (value, not valueFrom) environment variables of a container."""
     return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
@@ -390,6 +394,7 @@ def test_custom_storage_classes(helm: str, default: Objects) -> None:
         },
         # Only the required fields; a numeric-looking pool stays a string.
         {"name": "minimal", "pool": "1234"},
+        {"name": "fixed-size", "pool": "ssd", "allowVolumeExpansion": False},
     ]
     got = _render(helm, {"storageClasses": classes})
     want = {
@@ -404,6 +409,7 @@ def test_custom_storage_classes(helm: str, default: Objects) -> None:
             "provisioner": "device.csi.openebs.io",
             "parameters": {"devname": "nvme", "scheduler": "VolumeWeighted", "csi.storage.k8s.io/fstype": "xfs"},
             "reclaimPolicy": "Retain",
+            "allowVolumeExpansion": True,
             "volumeBindingMode": "Immediate",
             "allowedTopologies": classes[0]["allowedTopologies"],
         },
@@ -414,6 +420,17 @@ def test_custom_storage_classes(helm: str, default: Objects) -> None:
             "provisioner": "device.csi.openebs.io",
             "parameters": {"devname": "1234"},
             "reclaimPolicy": "Delete",
+            "allowVolumeExpansion": True,
+            "volumeBindingMode": "WaitForFirstConsumer",
+        },
+        ("storage.k8s.io/v1", "StorageClass", "", "fixed-size"): {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {"name": "fixed-size", "labels": {"app.kubernetes.io/name": "device-localpv"}},
+            "provisioner": "device.csi.openebs.io",
+            "parameters": {"devname": "ssd"},
+            "reclaimPolicy": "Delete",
+            "allowVolumeExpansion": False,
             "volumeBindingMode": "WaitForFirstConsumer",
         },
     }
@@ -433,7 +450,8 @@ def test_custom_storage_classes(helm: str, default: Objects) -> None:
         ({"name": "x"}, "pool"),
         ({"name": "x", "pool": "ssd", "fsType": "ntfs"}, "fsType"),
         ({"name": "x", "pool": "ssd", "volumeBindingMode": "Later"}, "volumeBindingMode"),
-        ({"name": "x", "pool": "ssd", "allowVolumeExpansion": True}, "allowVolumeExpansion"),
+        ({"name": "x", "pool": "ssd", "allowVolumeExpansion": "yes"}, "allowVolumeExpansion"),
+        ({"name": "x", "pool": "ssd", "expansion": True}, "expansion"),
     ],
 )
 def test_invalid_storage_class_is_refused(helm: str, storage_class: Obj, complaint: str) -> None:
@@ -506,13 +524,14 @@ def test_device_regexes(helm: str, default: Objects) -> None:
 def test_lease_seconds(helm: str, default: Objects) -> None:
     def change(objects: Objects) -> None:
         _add_env(_driver(objects, CONTROLLER), "LEASE_SECONDS", "30")
-        args = _provisioner(objects)["args"]
-        at = args.index(f"--leader-election-namespace={NAMESPACE}") + 1
-        args[at:at] = [
-            "--leader-election-lease-duration=30s",
-            "--leader-election-renew-deadline=20s",
-            "--leader-election-retry-period=10s",
-        ]
+        for sidecar in (_provisioner(objects), _resizer(objects)):
+            args = sidecar["args"]
+            at = args.index(f"--leader-election-namespace={NAMESPACE}") + 1
+            args[at:at] = [
+                "--leader-election-lease-duration=30s",
+                "--leader-election-renew-deadline=20s",
+                "--leader-election-retry-period=10s",
+            ]
 
     got = _render(helm, {"leaderElection": {"leaseSeconds": 30}})
     _assert_same(_expect(default, change), got)
@@ -523,15 +542,16 @@ def test_leader_election_disabled(helm: str, default: Objects) -> None:
     def change(objects: Objects) -> None:
         objects[CONTROLLER]["spec"]["replicas"] = 1
         _add_env(_driver(objects, CONTROLLER), "LEADER_ELECTION", "false")
-        args = _provisioner(objects)["args"]
-        args.remove("--leader-election")
-        args.remove(f"--leader-election-namespace={NAMESPACE}")
+        for sidecar in (_provisioner(objects), _resizer(objects)):
+            sidecar["args"].remove("--leader-election")
+            sidecar["args"].remove(f"--leader-election-namespace={NAMESPACE}")
 
     values: Obj = {"controller": {"replicas": 1}, "leaderElection": {"enabled": False, "leaseSeconds": 30}}
     got = _render(helm, values)
     _assert_same(_expect(default, change), got)
     assert _settings(_driver(got, CONTROLLER), Role.CONTROLLER).leader_election is False
-    assert not [a for a in _provisioner(got)["args"] if a.startswith("--leader-election")]
+    for sidecar in (_provisioner(got), _resizer(got)):
+        assert not [a for a in sidecar["args"] if a.startswith("--leader-election")]
 
     # Two replicas without a leader would both provision every claim.
     assert "controller.replicas" in _render_error(helm, {"leaderElection": {"enabled": False}})
@@ -544,12 +564,14 @@ def test_images(helm: str, default: Objects) -> None:
             _driver(objects, key).update(image="registry.example.com/device-localpv:dev", imagePullPolicy="Always")
             _pod(objects, key)["imagePullSecrets"] = [{"name": "regcred"}]
         _provisioner(objects).update(image="mirror.example.com/csi-provisioner:v9", imagePullPolicy="Never")
+        _resizer(objects).update(image="mirror.example.com/csi-resizer:v8", imagePullPolicy="Always")
 
     values: Obj = {
         "image": {"repository": "registry.example.com/device-localpv", "tag": "dev", "pullPolicy": "Always"},
         "csiProvisioner": {
             "image": {"repository": "mirror.example.com/csi-provisioner", "tag": "v9", "pullPolicy": "Never"}
         },
+        "csiResizer": {"image": {"repository": "mirror.example.com/csi-resizer", "tag": "v8", "pullPolicy": "Always"}},
         "imagePullSecrets": [{"name": "regcred"}],
     }
     _assert_same(_expect(default, change), _render(helm, values))
@@ -578,8 +600,10 @@ def _move_namespace(objects: Objects, namespace: str) -> Objects:
         for subject in obj.get("subjects", []):
             subject["namespace"] = namespace
         moved[(api, kind, ns, name)] = obj
-    args = _provisioner_in(moved, namespace)["args"]
-    args[args.index(f"--leader-election-namespace={NAMESPACE}")] = f"--leader-election-namespace={namespace}"
+    key = (CONTROLLER[0], CONTROLLER[1], namespace, CONTROLLER[3])
+    for sidecar in ("csi-provisioner", "csi-resizer"):
+        args = _container(moved, key, sidecar)["args"]
+        args[args.index(f"--leader-election-namespace={NAMESPACE}")] = f"--leader-election-namespace={namespace}"
     return moved
 
 
@@ -587,6 +611,8 @@ def test_namespace(helm: str, default: Objects, kustomize: Objects) -> None:
     got = _render(helm, {"namespace": {"name": "storage"}})
     _assert_same(_move_namespace(default, "storage"), got)
     assert "--leader-election-namespace=storage" in _provisioner_in(got, "storage")["args"]
+    key = (CONTROLLER[0], CONTROLLER[1], "storage", CONTROLLER[3])
+    assert "--leader-election-namespace=storage" in _container(got, key, "csi-resizer")["args"]
 
     # The Namespace, when rendered, follows namespace.name.
     created = _render(helm, {"namespace": {"name": "storage", "create": True}})
@@ -616,6 +642,7 @@ def test_placement_and_resources(helm: str, default: Objects) -> None:
         objects[CONTROLLER]["spec"]["replicas"] = 3
         _driver(objects, CONTROLLER)["resources"] = resources
         del _provisioner(objects)["resources"]
+        del _resizer(objects)["resources"]
 
     values: Obj = {
         "agent": {
@@ -632,5 +659,6 @@ def test_placement_and_resources(helm: str, default: Objects) -> None:
             "priorityClassName": "",
         },
         "csiProvisioner": {"resources": None},
+        "csiResizer": {"resources": None},
     }
     _assert_same(_expect(default, change), _render(helm, values))

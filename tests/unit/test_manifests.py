@@ -373,6 +373,21 @@ def test_controller_permissions() -> None:
     assert not _grants(cluster, "", "secrets")
 
 
+def test_resizer_permissions() -> None:
+    """What csi-resizer reads and writes: a grown claim's PV (spec.capacity), the claim's status, Events, and its
+    Lease. With --handle-volume-inuse-error=false it reads no Pods, and without ControllerModifyVolume no
+    VolumeAttributesClasses: neither is granted cluster-wide."""
+    role = _rules("Role", "openebs-device-controller")
+    cluster = _rules("ClusterRole", "openebs-device-controller")
+    assert {"get", "list", "watch", "patch"} <= _grants(cluster, "", "persistentvolumes")
+    assert {"get", "list", "watch"} <= _grants(cluster, "", "persistentvolumeclaims")
+    assert "patch" in _grants(cluster, "", "persistentvolumeclaims/status")
+    assert {"create", "patch"} <= _grants(cluster, "", "events")
+    assert {"get", "create", "update"} <= _grants(role, "coordination.k8s.io", "leases")
+    assert not _grants(cluster, "", "pods")
+    assert not _grants(cluster, "storage.k8s.io", "volumeattributesclasses")
+
+
 def test_agent_permissions() -> None:
     role = _rules("Role", "openebs-device-node")
     cluster = _rules("ClusterRole", "openebs-device-node")
@@ -395,7 +410,7 @@ def test_controller_deployment() -> None:
     assert deployment["spec"]["replicas"] == 2
     assert pod["serviceAccountName"] == CONTROLLER_SA
     containers = _containers(deployment)
-    assert set(containers) == {"csi-provisioner", "device-driver"}
+    assert set(containers) == {"csi-provisioner", "csi-resizer", "device-driver"}
     provisioner = containers["csi-provisioner"]
     assert provisioner["image"] == "registry.k8s.io/sig-storage/csi-provisioner:v6.3.0"
     args = provisioner["args"]
@@ -416,6 +431,19 @@ def test_controller_deployment() -> None:
     assert penv["ADDRESS"]["value"] == "/var/lib/csi/sockets/pluginproxy/csi.sock"
     assert penv["NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     assert penv["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    resizer = containers["csi-resizer"]
+    assert resizer["image"] == "registry.k8s.io/sig-storage/csi-resizer:v2.3.0"
+    for flag in (
+        "--csi-address=$(ADDRESS)",
+        "--leader-election",
+        "--leader-election-namespace=openebs",
+        # ControllerExpandVolume waits for the agent as long as CreateVolume does.
+        "--timeout=60s",
+        # Online expansion: a claim in use grows without waiting for its Pods to stop.
+        "--handle-volume-inuse-error=false",
+    ):
+        assert flag in resizer["args"], flag
+    assert _env(resizer)["ADDRESS"]["value"] == penv["ADDRESS"]["value"]
     driver = containers["device-driver"]
     assert driver["image"] == "openebs/device-localpv:0.1.0"
     assert driver["args"] == ["controller"]
@@ -500,7 +528,7 @@ def test_storageclasses() -> None:
     assert set(classes) == {"openebs-device-ssd", "openebs-device-ssd-immediate"}
     for sc in classes.values():
         assert sc["provisioner"] == DRIVER
-        assert sc.get("allowVolumeExpansion") is not True
+        assert sc["allowVolumeExpansion"] is True  # online, in place
         assert sc["reclaimPolicy"] == "Delete"
         assert sc["parameters"]["devname"] == "ssd"
         assert sc["parameters"]["csi.storage.k8s.io/fstype"] == "ext4"

@@ -22,6 +22,15 @@ Image of the csi-provisioner sidecar.
 {{- end -}}
 
 {{/*
+Image of the csi-resizer sidecar.
+*/}}
+{{- define "device-localpv.resizerImage" -}}
+{{- with .Values.csiResizer.image -}}
+{{- printf "%s:%s" .repository (.tag | toString) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
 Kubelet's directory on the nodes, without a trailing slash.
 */}}
 {{- define "device-localpv.kubeletDir" -}}
