@@ -1,6 +1,6 @@
 """A multi-node test cluster on one machine: the API server plus kube-controller-manager, kube-scheduler and the
-external csi-provisioner (all real), our controller, and one agent per simulated node with its own loop disks,
-its own socket, its own Node and CSINode objects."""
+external csi-provisioner and csi-resizer (all real), our controller, and one agent per simulated node with its own
+loop disks, its own socket, its own Node and CSINode objects."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from tests.harness.apiserver import NAMESPACE, ApiServer, free_port, spawn, start_kube_components, stop_all
 from tests.harness.disks import LoopDisk, LoopDisks
 from tests.harness.driver import Driver, Process
-from tests.harness.tools import Tools
+from tests.harness.tools import ROOT, Tools
 
 DRIVER = "device.csi.openebs.io"
 TOPOLOGY_KEY = "openebs.io/nodename"
@@ -25,6 +25,12 @@ KCM_CONTROLLERS = ",".join(
         "garbage-collector-controller",
     ]
 )
+
+
+def resizer_binary() -> str:
+    """csi-resizer as `hack/tools.sh csi-resizer` builds it."""
+    out = subprocess.run([str(ROOT / "hack" / "tools.sh"), "env"], check=True, capture_output=True, text=True).stdout
+    return next(line.split("=", 1)[1] for line in out.splitlines() if line.startswith("CSI_RESIZER_BIN="))
 
 
 @dataclass
@@ -77,6 +83,24 @@ class KubeCluster:
                     "--v=2",
                 ],
                 self.workdir / "csi-provisioner.log",
+                env=env,
+            )
+        )
+        # Grown claims become ControllerExpandVolume; the resulting FileSystemResizePending is for a kubelet.
+        self.procs.append(
+            spawn(
+                [
+                    resizer_binary(),
+                    f"--kubeconfig={self.api.identities['controller'].kubeconfig}",
+                    f"--csi-address={ctl.socket}",
+                    "--leader-election=false",
+                    "--timeout=30s",
+                    "--handle-volume-inuse-error=false",
+                    "--retry-interval-start=500ms",
+                    "--retry-interval-max=5s",
+                    "--v=2",
+                ],
+                self.workdir / "csi-resizer.log",
                 env=env,
             )
         )
