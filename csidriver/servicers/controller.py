@@ -98,12 +98,12 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
     async def ControllerExpandVolume(
         self, request: csi_pb2.ControllerExpandVolumeRequest, context: Ctx
     ) -> csi_pb2.ControllerExpandVolumeResponse:
-        await self._require_leader()
-        block = None
-        if request.HasField("volume_capability"):
-            block = convert.capability(request.volume_capability).block
+        # Served by every replica, leader or not: csi-resizer elects on a Lease of its own (it cannot follow the
+        # provisioner's), and growing is safe from any replica (a merge patch that only raises spec.capacity; the
+        # agent does the work).
+        cap = convert.capability(request.volume_capability) if request.HasField("volume_capability") else None
         size, node_step = await self._prov.expand(
-            request.volume_id, request.capacity_range.required_bytes, request.capacity_range.limit_bytes, block
+            request.volume_id, request.capacity_range.required_bytes, request.capacity_range.limit_bytes, cap
         )
         return csi_pb2.ControllerExpandVolumeResponse(capacity_bytes=size, node_expansion_required=node_step)
 

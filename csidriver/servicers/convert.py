@@ -44,6 +44,7 @@ def create_request(req: csi_pb2.CreateVolumeRequest) -> CreateRequest:
         requisite=segments(req.accessibility_requirements.requisite),
         preferred=segments(req.accessibility_requirements.preferred),
         has_content_source=req.HasField("volume_content_source"),
+        has_mutable_parameters=bool(req.mutable_parameters),
         source_volume=req.volume_content_source.volume.volume_id
         if req.volume_content_source.WhichOneof("type") == "volume"
         else "",

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from csidriver.services import errors
 
@@ -35,17 +36,90 @@ Handler = Callable[[Any, Any, Ctx], Awaitable[Resp]]
 Observer = Callable[[str, str, float], None]  # (method, code name, seconds)
 
 
+# Longest string accepted in any request field (ids, names, paths, parameters...): PATH_MAX. Longer is hostile.
+MAX_FIELD = 4096
+# Longest error message or logged value: a message echoing a huge value would exceed gRPC's metadata limit (the
+# caller would see RESOURCE_EXHAUSTED "Stream removed" instead of the answer) and flood the log.
+MAX_MESSAGE = 1024
+_LOGGED_VALUE = 256
+
+
+def clean(text: str, limit: int = MAX_MESSAGE) -> str:
+    """Text safe to send and log: control characters escaped, at most `limit` characters."""
+    out = "".join(ch if ch.isprintable() or ch == " " else repr(ch)[1:-1] for ch in text[: limit + 1])
+    if len(text) > limit or len(out) > limit:
+        return out[:limit] + f"... ({len(text)} characters in all)"
+    return out
+
+
+def _problem(message: Message, path: str = "") -> str | None:
+    """A string field of the request that no valid request has: longer than MAX_FIELD, or holding a control
+    character. Secrets are not inspected (and never echoed)."""
+    for field, value in message.ListFields():
+        name = f"{path}{field.name}"
+        if field.name.endswith("secrets") or field.name == "starting_token":
+            continue  # secrets are never inspected (nor echoed); a bad page token is ABORTED by its handler
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            for key, item in value.items():
+                where = f"{name}[{clean(str(key), 64)!r}]"
+                for text in (key, item) if isinstance(item, str) else (key,):
+                    found = _bad_text(text, where)
+                    if found:
+                        return found
+                if isinstance(item, Message):
+                    found = _problem(item, where + ".")
+                    if found:
+                        return found
+            continue
+        repeated = not isinstance(value, str | bytes | int | float | Message)
+        items = list(value) if repeated else [value]
+        for i, item in enumerate(items):
+            where = f"{name}[{i}]" if repeated else name
+            if isinstance(item, str):
+                found = _bad_text(item, where)
+                if found:
+                    return found
+            elif isinstance(item, Message):
+                found = _problem(item, where + ".")
+                if found:
+                    return found
+    return None
+
+
+# What a field is, for the message (the field path alone is for protocol readers).
+_LABELS = (
+    ("mount_flags", "mount flag"),
+    ("segments", "topology segment"),
+    ("parameters", "parameter"),
+    ("fs_type", "filesystem type"),
+    ("path", "path"),
+)
+
+
+def _bad_text(text: str, where: str) -> str | None:
+    label = next((f"{word} " for key, word in _LABELS if key in where), "")
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_FIELD:
+        return f"{label}{where} is {len(text)} characters long; at most {MAX_FIELD} bytes are accepted"
+    # An id with a control character is simply one that names nothing (NOT_FOUND, or OK for a deletion, as the
+    # spec asks); what reaches a command, a path or an object must be printable.
+    if not where.endswith("volume_id") and any(not ch.isprintable() and ch != " " for ch in text):
+        return f"{label}{where} contains a control character"
+    return None
+
+
 def _ids(request: Any) -> str:
     parts = []
     for field in ("name", "volume_id", "target_path"):
         value = getattr(request, field, "")
         if value:
-            parts.append(f"{field}={value}")
+            parts.append(f"{field}={clean(value, _LOGGED_VALUE)}")
     return " ".join(parts)
 
 
-def rpc(method: Handler[Resp]) -> Handler[Resp]:
-    """Maps DriverError subclasses to their status code and logs method, ids, duration and code."""
+def rpc(method: Handler[Resp], screen: bool = True) -> Handler[Resp]:
+    """Maps DriverError subclasses to their status code and logs method, ids, duration and code. With `screen`,
+    a request carrying a string no valid request has (a control character, more than MAX_FIELD bytes) is refused
+    with INVALID_ARGUMENT naming the field before the handler runs."""
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: Ctx) -> Resp:
@@ -53,17 +127,20 @@ def rpc(method: Handler[Resp]) -> Handler[Resp]:
         code = grpc.StatusCode.OK
         detail = ""
         try:
+            problem = _problem(request) if screen and isinstance(request, Message) else None
+            if problem is not None:
+                raise errors.InvalidArgument(problem)
             return await method(self, request, context)
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
         except errors.DriverError as e:
             code = CODES.get(type(e), grpc.StatusCode.INTERNAL)
-            detail = str(e)
+            detail = clean(str(e))
         except Exception as e:
             log.exception("%s failed unexpectedly", method.__name__)
             code = grpc.StatusCode.INTERNAL
-            detail = f"internal error: {e}"
+            detail = clean(f"internal error: {e}")
         finally:
             took = time.monotonic() - start
             level = logging.DEBUG if method.__name__ in ("Probe", "NodeGetCapabilities") else logging.INFO
@@ -93,7 +170,7 @@ def _refusal(name: str) -> Handler[Any]:
         raise errors.Unimplemented(f"{name} is not supported by this driver")
 
     refuse.__name__ = name
-    return rpc(refuse)
+    return rpc(refuse, screen=False)  # UNIMPLEMENTED whatever the request holds
 
 
 def answer_unimplemented(cls: type[T]) -> type[T]:

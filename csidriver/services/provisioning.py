@@ -31,6 +31,8 @@ from csidriver.services.requests import (
     Segment,
     capability_problem,
     check_capabilities,
+    check_segments,
+    describe_segments,
     parse_params,
     volume_size,
 )
@@ -123,6 +125,10 @@ class Provisioner:
         if not req.name:
             raise InvalidArgument("name must not be empty")
         check_capabilities(req.capabilities)
+        check_segments(req.requisite, "accessibility_requirements.requisite")
+        check_segments(req.preferred, "accessibility_requirements.preferred")
+        if req.has_mutable_parameters:
+            raise InvalidArgument("mutable_parameters are not supported: the driver does not offer ModifyVolume")
         if req.has_content_source and not req.source_volume:
             raise InvalidArgument("only volumes can be cloned: snapshot content sources are not supported")
         params = parse_params(req.parameters)
@@ -209,7 +215,7 @@ class Provisioner:
     def _choose(self, pool: str, size: int, req: CreateRequest, policy: Any) -> str:
         states = self._candidates(req)
         if req.requisite and not states:
-            wanted = "; ".join(",".join(f"{k}={v}" for k, v in sorted(seg.items())) for seg in req.requisite)
+            wanted = describe_segments(req.requisite)
             raise ResourceExhausted(
                 f"no node of the requested topology ({wanted}) runs the driver: no DeviceNode reports from it"
                 " (a released node, or its agent is not running)"
@@ -373,14 +379,21 @@ class Provisioner:
                 raise DeadlineExceeded(f"volume {volume_id} is being deleted: {why}")
 
     # -- ControllerExpandVolume --------------------------------------------------------------------------------
-    async def expand(self, volume_id: str, required: int, limit: int, block: bool | None) -> tuple[int, bool]:
+    async def expand(
+        self, volume_id: str, required: int, limit: int, cap: Capability | None = None
+    ) -> tuple[int, bool]:
         """Grow a volume in place: raise spec.capacity, then wait for the agent to grow the partition (or to refuse,
         in a Resized=False condition naming this attempt). Returns (bytes, whether NodeExpandVolume must grow a
         filesystem)."""
         if not volume_id:
             raise InvalidArgument("volume_id must not be empty")
-        if required <= 0 and limit <= 0:
+        if required < 0 or limit < 0:
+            raise InvalidArgument("capacity_range bytes must not be negative")
+        if required == 0 and limit == 0:
             raise InvalidArgument("capacity_range must be set")
+        if cap is not None:
+            check_capabilities((cap,))
+        block = cap.block if cap is not None else None
         size = volume_size(required, limit)
         vol = self._cluster.volumes.get(volume_id) if naming.is_valid_volume_id(volume_id) else None
         if vol is None:
@@ -443,6 +456,8 @@ class Provisioner:
         self, params: Mapping[str, str], topology: Segment | None, caps: Sequence[Capability]
     ) -> tuple[int, int]:
         """(available bytes = total free, maximum volume size = largest extent) in the pool and topology."""
+        if topology:
+            check_segments((topology,), "accessible_topology")
         for cap in caps:
             if capability_problem(cap):
                 return 0, 0

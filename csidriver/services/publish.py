@@ -58,16 +58,26 @@ class Host(Protocol):
 
 
 def check_target(path: str, what: str = "target_path", roots: Sequence[str] = ()) -> None:
-    """Absolute, normalised, no `..`, no symbolic link anywhere on the way (no escape), and strictly under one of
-    `roots` when given (kubelet's directories: a mount over /etc or any other path is refused)."""
+    """Absolute, normalised, no `..`, no control character, no symbolic link anywhere on the way (no escape, no
+    loop), and strictly under one of `roots` when given (kubelet's directories: a mount over /etc or any other
+    path is refused)."""
     if not path:
         raise InvalidArgument(f"{what} must not be empty")
-    if "\0" in path or not os.path.isabs(path) or os.path.normpath(path) != path.rstrip("/") or "/../" in path + "/":
+    if any(not ch.isprintable() and ch != " " for ch in path):
+        raise InvalidArgument(f"{what} {path!r} contains a control character")
+    trimmed = path.rstrip("/") or "/"
+    if not os.path.isabs(path) or os.path.normpath(path) != trimmed or "/../" in path + "/":
         raise InvalidArgument(f"{what} {path!r} must be an absolute, normalised path without '..'")
-    if roots and not any(path.rstrip("/").startswith(root + "/") for root in roots):
+    if roots and not any(trimmed.startswith(root + "/") for root in roots):
         raise InvalidArgument(f"{what} {path!r} is outside the directories kubelet publishes to ({', '.join(roots)})")
-    parent = os.path.dirname(path.rstrip("/"))
-    if os.path.realpath(parent) != parent:
+    parent = os.path.dirname(trimmed)
+    try:
+        resolved = os.path.realpath(parent, strict=True)
+    except FileNotFoundError:
+        resolved = os.path.realpath(parent)  # a missing parent is answered later, precisely
+    except OSError as e:
+        raise InvalidArgument(f"{what} {path!r} cannot be resolved: {e.strerror}") from e
+    if resolved != parent:
         raise InvalidArgument(f"{what} {path!r} goes through a symbolic link")
     if os.path.islink(path):
         raise InvalidArgument(f"{what} {path!r} is a symbolic link")
@@ -206,11 +216,14 @@ class Publisher:
         try:
             vol = await self.locate(volume_id, {})
         except NotFound:
-            if mounted.source.startswith("/dev/") and await asyncio.to_thread(os.path.exists, mounted.source):
-                raise FailedPrecondition(
-                    f"{target} has {mounted.source} mounted, which is not volume {volume_id}; nothing unmounted"
-                ) from None
-            return
+            # Accepted as this volume's only when what is mounted is a device that no longer exists (its disk is
+            # gone); any other mount (another device, a tmpfs, a bind) is someone else's.
+            if mounted.source.startswith("/dev/") and not await asyncio.to_thread(os.path.exists, mounted.source):
+                return
+            raise FailedPrecondition(
+                f"{target} has {mounted.source} ({mounted.fstype}) mounted, which is not volume {volume_id}; nothing"
+                " unmounted"
+            ) from None
         if not _same_device(mounted, vol):
             raise FailedPrecondition(
                 f"{target} has {mounted.source} mounted, not volume {volume_id} ({vol.device}); nothing unmounted"
@@ -221,7 +234,12 @@ class Publisher:
             raise InvalidArgument("volume_id must not be empty")
         if not path:
             raise InvalidArgument("volume_path must not be empty")
-        if not os.path.isabs(path) or not await asyncio.to_thread(os.path.exists, path):
+        try:
+            await asyncio.to_thread(check_target, path, "volume_path", self._roots)
+        except InvalidArgument as e:
+            # No volume is ever published at such a path: not found there (what csi-sanity and the spec expect).
+            raise NotFound(f"volume {volume_id} is not published at {path!r}: {e}") from None
+        if not await asyncio.to_thread(os.path.exists, path):
             raise NotFound(f"volume_path {path} does not exist")
         mount = await self._mounted_at(path)
         try:
@@ -252,6 +270,8 @@ class Publisher:
             raise InvalidArgument("volume_id must not be empty")
         if not path:
             raise InvalidArgument("volume_path must not be empty")
+        if required < 0:
+            raise InvalidArgument("capacity_range bytes must not be negative")
         vol = await self.locate(volume_id, {})
         check_target(path, "volume_path", roots=self._roots)
         async with self._lock(volume_id):
@@ -291,6 +311,10 @@ def _make_dir(path: str) -> bool:
     except FileExistsError:
         if not os.path.isdir(path):
             raise AlreadyExists(f"{path} exists and is not a directory") from None
+        if os.listdir(path):
+            raise FailedPrecondition(
+                f"{path} is a directory that is not empty: a volume is never mounted over files"
+            ) from None
         return False
 
 
@@ -304,6 +328,8 @@ def _make_file(path: str) -> bool:
     except FileExistsError:
         if not os.path.isfile(path):
             raise AlreadyExists(f"{path} exists and is not a regular file") from None
+        if os.path.getsize(path):
+            raise FailedPrecondition(f"{path} is a file that is not empty: a device is never bound over data") from None
         return False
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -115,12 +116,35 @@ def volume_size(required: int, limit: int) -> int:
     size = -(-want // c.MIB) * c.MIB
     if limit and size > limit:
         raise OutOfRange(f"{want} bytes rounded up to the 1 MiB grid is {size}, above limit_bytes {limit}")
+    if size > MAX_VOLUME_SIZE:
+        raise OutOfRange(f"{want} bytes rounded up to the 1 MiB grid is {size}, above the largest volume size")
     if size == 0:
         raise OutOfRange(f"limit_bytes {limit} is below the 1 MiB allocation unit")
     return size
 
 
 Segment = Mapping[str, str]
+# Sizes are int64 on the wire and in the objects; the largest whole MiB below 2^63.
+MAX_VOLUME_SIZE = (2**63 - 1) // c.MIB * c.MIB
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_LABEL_KEY = re.compile(rf"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?{_LABEL_NAME}")
+_LABEL_VALUE = re.compile(rf"({_LABEL_NAME})?")
+
+
+def check_segments(segments: tuple[Segment, ...], what: str) -> None:
+    """Topology segments are Kubernetes labels: keys and values must be valid label keys and values."""
+    for seg in segments:
+        for key, value in seg.items():
+            if len(key) > 316 or not _LABEL_KEY.fullmatch(key) or len(key.rpartition("/")[0]) > 253:
+                raise InvalidArgument(f"{what}: topology key {key[:80]!r} is not a valid label key")
+            if len(value) > 63 or not _LABEL_VALUE.fullmatch(value):
+                raise InvalidArgument(f"{what}: topology value {value[:80]!r} of {key!r} is not a valid label value")
+
+
+def describe_segments(segments: tuple[Segment, ...], shown: int = 3) -> str:
+    """Segments for a message: the first few, and how many more."""
+    text = "; ".join(",".join(f"{k}={v}" for k, v in sorted(seg.items())) for seg in segments[:shown])
+    return text + (f"; and {len(segments) - shown} more" if len(segments) > shown else "")
 
 
 @dataclass(frozen=True)
@@ -133,7 +157,8 @@ class CreateRequest:
     requisite: tuple[Segment, ...] = ()
     preferred: tuple[Segment, ...] = ()
     has_content_source: bool = False
-    source_volume: str = ""  # the volume to clone (VolumeContentSource.volume), when that is the source
+    source_volume: str = ""
+    has_mutable_parameters: bool = False  # the volume to clone (VolumeContentSource.volume), when that is the source
 
 
 @dataclass(frozen=True)
