@@ -76,13 +76,13 @@ def volume_from_dict(obj: Mapping[str, Any]) -> DeviceVolume:
         disk_path=status.get("diskPath", ""),
         partition_name=status.get("partitionName", ""),
         partition_uuid=status.get("partitionUUID", ""),
-        partition_number=int(status.get("partitionNumber", 0) or 0),
+        partition_number=_whole(status.get("partitionNumber")) or 0,
         device_path=status.get("devicePath", ""),
     )
     return DeviceVolume(
         name=meta.get("name", ""),
         owner_node=spec.get("ownerNodeID", ""),
-        capacity=int(spec.get("capacity", "0") or 0),
+        capacity=_bytes(spec.get("capacity")),
         pool=spec.get("devname", ""),
         state=_state(status.get("state")),
         error_code=code,
@@ -97,6 +97,15 @@ def volume_from_dict(obj: Mapping[str, Any]) -> DeviceVolume:
         generation=_whole(meta.get("generation")) or 0,
         capacity_bytes=_whole(status.get("capacityBytes")),
     )
+
+
+def _bytes(value: object) -> int:
+    """spec.capacity as bytes; 0 (which the agent refuses, marking the volume Failed) when it cannot be read."""
+    try:
+        n = parse_quantity(value) if value is not None else 0
+    except (ValueError, TypeError, ArithmeticError):
+        return 0
+    return n if 0 < n < 2**63 else 0
 
 
 def _whole(value: object) -> int | None:
@@ -157,35 +166,53 @@ class DeviceNode:
 
 
 def cordoned_disks(meta: Mapping[str, Any]) -> set[str]:
-    raw = (meta.get("annotations") or {}).get(c.CORDON_ANNOTATION, "")
-    return {g.strip().upper() for g in raw.split(",") if g.strip()}
+    annotations = meta.get("annotations")
+    raw = annotations.get(c.CORDON_ANNOTATION, "") if isinstance(annotations, Mapping) else ""
+    return {g.strip().upper() for g in str(raw).split(",") if g.strip()}
 
 
 def node_from_dict(obj: Mapping[str, Any]) -> DeviceNode:
-    meta = obj.get("metadata") or {}
+    """Never raises: a row whose numbers cannot be read is kept, unhealthy and with no space, so no scheduler
+    picks it; free space above the size is clamped (what a writer claims cannot exceed the disk)."""
+    raw_meta = obj.get("metadata")
+    meta: Mapping[str, Any] = raw_meta if isinstance(raw_meta, Mapping) else {}
     cordoned = cordoned_disks(meta)
     devices = []
-    for d in obj.get("devices") or ():
-        free = parse_quantity(d.get("free", 0))
+    rows = obj.get("devices")
+    for d in rows if isinstance(rows, list) else ():
+        if not isinstance(d, Mapping):
+            continue
+        try:
+            size = parse_quantity(d.get("size", 0))
+            free = parse_quantity(d.get("free", 0))
+            extent = parse_quantity(d["largestExtent"]) if "largestExtent" in d else free
+            readable = min(size, free, extent) >= 0
+        except (ValueError, TypeError, ArithmeticError):
+            readable = False
+        if not readable:
+            size = free = extent = 0
+        free = min(free, size)
+        uuid = str(d.get("uuid", ""))
         devices.append(
             Device(
-                name=d.get("name", ""),
-                uuid=d.get("uuid", ""),
-                size=parse_quantity(d.get("size", 0)),
+                name=str(d.get("name", "")),
+                uuid=uuid,
+                size=size,
                 free=free,
                 # Objects written by the original driver lack the extent: free is the best it said.
-                largest_extent=parse_quantity(d["largestExtent"]) if "largestExtent" in d else free,
-                free_entries=int(d.get("freeEntries", 1)),
-                path=d.get("path", ""),
-                healthy=bool(d.get("healthy", True)),
-                cordoned=bool(d.get("cordoned", False)) or str(d.get("uuid", "")).upper() in cordoned,
+                largest_extent=min(extent, free),
+                free_entries=_whole(d.get("freeEntries", 1)) or 0,
+                path=str(d.get("path", "")),
+                healthy=readable and d.get("healthy", True) is not False,
+                cordoned=d.get("cordoned") is True or uuid.upper() in cordoned,
             )
         )
+    labels = meta.get("labels")
     return DeviceNode(
-        name=meta.get("name", ""),
+        name=str(meta.get("name", "")),
         devices=tuple(devices),
-        labels=dict(meta.get("labels") or {}),
-        resource_version=meta.get("resourceVersion", ""),
+        labels=dict(labels) if isinstance(labels, Mapping) else {},
+        resource_version=str(meta.get("resourceVersion", "")),
     )
 
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 
-_SUFFIX = {
+_SUFFIX: dict[str, Decimal | int] = {
     "": 1,
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
     "k": 10**3,
     "M": 10**6,
     "G": 10**9,
@@ -20,7 +23,7 @@ _SUFFIX = {
     "Pi": 2**50,
     "Ei": 2**60,
 }
-_QUANTITY = re.compile(r"([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|)")
+_QUANTITY = re.compile(r"([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|)")
 
 
 def parse_quantity(value: object) -> int:
@@ -34,8 +37,13 @@ def parse_quantity(value: object) -> int:
     if not m:
         raise ValueError(f"not a quantity: {value!r}")
     try:
-        number = Decimal(m.group(1)) * _SUFFIX[m.group(2)]
+        mantissa = Decimal(m.group(1))
+        if mantissa.is_finite() and mantissa and mantissa.adjusted() > 40:
+            raise ValueError(f"quantity too large: {str(value)[:40]!r}")  # 1e999999999 must not become an int
+        number = mantissa * _SUFFIX[m.group(2)]
     except InvalidOperation as e:
         raise ValueError(f"not a quantity: {value!r}") from e
+    if not number.is_finite():
+        raise ValueError(f"not a quantity: {value!r}")
     whole = int(number)
     return whole if number == whole else whole + 1

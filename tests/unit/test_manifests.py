@@ -209,7 +209,8 @@ def test_devicevolume_spec_contract() -> None:
 def test_devicevolume_immutability_leaves_the_node_movable() -> None:
     props = _schema(_crd("devicevolumes"))["properties"]["spec"]["properties"]
     rules = {f: [v["rule"] for v in props[f]["x-kubernetes-validations"]] for f in ("capacity", "devname")}
-    assert rules == {"capacity": ["int(self) >= int(oldSelf)"], "devname": ["self == oldSelf"]}  # capacity only grows
+    # capacity: a positive int64 that only grows
+    assert rules == {"capacity": ["int(self) > 0", "int(self) >= int(oldSelf)"], "devname": ["self == oldSelf"]}
     assert "x-kubernetes-validations" not in props["ownerNodeID"]
     assert "x-kubernetes-validations" not in _schema(_crd("devicevolumes"))["properties"]["spec"]
 
@@ -273,9 +274,10 @@ def test_devicenode_contract() -> None:
         "cordoned",
     }
     quantity = re.compile(props["size"]["pattern"])
-    for good in ("0", "1073741824", "10Gi", "1.5G", "500M", "1e3"):
+    # Whole bytes as Go's resource.Quantity writes them (what the original stores), nothing fractional.
+    for good in ("0", "1073741824", "10Gi", "1536Mi", "500M", "1k"):
         assert quantity.fullmatch(good), good
-    for bad in ("", "ten", "10 Gi", "-1", "10GB"):
+    for bad in ("", "ten", "10 Gi", "-1", "10GB", "1.5G", "1e3", "1500m", "1n", "0.5", "+1", "9" * 20):
         assert not quantity.fullmatch(bad), bad
     for name in ("size", "free", "largestExtent"):
         assert props[name]["x-kubernetes-int-or-string"] is True
