@@ -7,7 +7,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 # The second line is the real node: container engine and image builder, kubelet runtime, pod networking.
-packages=(parted fdisk util-linux e2fsprogs xfsprogs btrfs-progs udev openssl
+packages=(parted fdisk util-linux e2fsprogs xfsprogs btrfs-progs udev openssl fuse3 libfuse2
   podman containerd runc containernetworking-plugins mmdebstrap iptables conntrack gcc libc6-dev file)
 missing=()
 for p in "${packages[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done

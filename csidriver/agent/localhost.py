@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 
 from csidriver.host import DiskInventory, Filesystems, Mounter, MountInfo
+from csidriver.host.health import read_problem
 from csidriver.host.partitions import named, validate_name
 from csidriver.services.publish import VolumeStats
 
@@ -64,27 +65,10 @@ class LocalHost:
 
     async def read_problem(self, device: str) -> str | None:
         """None when the first 4 KiB of the device read back (bypassing the page cache), else the error."""
-        return await asyncio.to_thread(_direct_read_problem, device)
+        return await asyncio.to_thread(read_problem, device)
 
     async def block_size(self, device: str) -> int:
         return await self._fs.block_size(device)
 
     async def grow_filesystem(self, device: str, mount_point: str, fstype: str) -> None:
         await self._fs.grow_filesystem(device, mount_point, fstype)
-
-
-def _direct_read_problem(device: str) -> str | None:
-    import mmap
-
-    try:
-        fd = os.open(device, os.O_RDONLY | os.O_DIRECT)
-    except OSError as e:
-        return f"cannot open {device}: {e.strerror}"
-    try:
-        buf = mmap.mmap(-1, 4096)  # page-aligned, as O_DIRECT requires
-        os.preadv(fd, [buf], 0)
-        return None
-    except OSError as e:
-        return f"I/O error reading {device}: {e.strerror}"
-    finally:
-        os.close(fd)

@@ -21,6 +21,7 @@ from typing import Any
 from csidriver.api import constants as c
 from csidriver.api.objects import Device, devices_list
 from csidriver.host.disks import DiskInventory, PoolDisk
+from csidriver.host.health import ReadProbe
 from csidriver.kube.resources import Conflict, Kube
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,10 @@ class NodeReporter:
         owner: Mapping[str, Any] | None,
         resync_seconds: float,
         held: Callable[[], set[str]] = set,
+        probe: Callable[[str], str | None] | None = None,
     ) -> None:
-        """`held` returns the GPT GUIDs (upper case) of the disks this node's volumes are placed on."""
+        """`held` returns the GPT GUIDs (upper case) of the disks this node's volumes are placed on; `probe` says
+        why a disk cannot be read (an O_DIRECT read of its first 4 KiB, bounded in time), or None."""
         self._kube = kube
         self._inventory = inventory
         self._node = node_id
@@ -70,6 +73,9 @@ class NodeReporter:
         self._owner = owner
         self._resync = resync_seconds
         self._held = held
+        self._probe = probe or ReadProbe().problem
+        self._unreadable: dict[str, str] = {}  # path -> why: pool disks present at the last scan that fail reads
+        self._readable_before: dict[str, bool] = {}  # failed disk path -> whether it read at the previous check
         self._poked = False
         self._lock = asyncio.Lock()
         self._started = 0
@@ -103,11 +109,23 @@ class NodeReporter:
             self._block_names = await asyncio.to_thread(self._inventory.block_names)
             before = await asyncio.to_thread(lambda: {n: sys_identity(n) for n in self._block_names})
             result = await self._inventory.scan_detailed()
-            self.disks = list(result.disks)
+            found = list(result.disks)
+            # A table read can be served from the page cache while the disk fails every real read: ask the disk.
+            problems = await asyncio.to_thread(lambda: {d.path: self._probe(d.path) for d in found})
+            for d in found:
+                why = problems[d.path]
+                if why and d.path not in self._unreadable:
+                    log.error("pool disk %s (%s, pool %s) fails reads: %s", d.guid, d.path, d.pool, why)
+                elif not why and d.path in self._unreadable:
+                    log.info("pool disk %s (%s) reads again", d.guid, d.path)
+            self._unreadable = {d.path: why for d in found if (why := problems[d.path])}
+            self.disks = [d for d in found if not problems[d.path]]
+            self._known.update({d.guid: d for d in found if problems[d.path]})
             self._identities = {d.path: before.get(os.path.basename(d.path)) for d in self.disks}
             healthy = {d.guid for d in self.disks}
             held = {g.upper() for g in self._held()}
-            for g in [g for g in self._known if g not in healthy and g.upper() not in held]:
+            present = {d.guid for d in found}
+            for g in [g for g in self._known if g not in healthy | present and g.upper() not in held]:
                 log.info("pool disk %s is gone and no volume of this node is on it: no longer reported", g)
                 del self._known[g]
             newly = [d for g, d in self._known.items() if g not in healthy and d not in self.failed]
@@ -161,12 +179,28 @@ class NodeReporter:
                 return True
         return False
 
+    def _failing(self) -> bool:
+        """A healthy disk now fails a direct read, or a failed disk whose device is there reads again (a disk
+        whose table could not be read is among the failed ones). Edge-triggered for failed disks: a path that
+        reads but still does not scan as that pool disk (its name now taken by another device) asks for one rescan,
+        not one every check."""
+        if any(self._probe(d.path) for d in self.disks):
+            return True
+        changed = False
+        for path in {d.path for d in self.failed} | set(self._unreadable):
+            readable = os.path.exists(path) and self._probe(path) is None
+            if readable and not self._readable_before.get(path, False):
+                changed = True
+            self._readable_before[path] = readable
+        return changed
+
     def _changed(self) -> bool:
-        """A disk vanished, or a block device or partition table appeared (a disk added while we run)."""
+        """A disk vanished, failed or recovered, or a block device or partition table appeared (a disk added while
+        we run)."""
         if self._poked:
             self._poked = False
             return True
-        return self._vanished() or self._inventory.block_names() != self._block_names
+        return self._vanished() or self._failing() or self._inventory.block_names() != self._block_names
 
     async def run(self, health_interval: float = 5.0) -> None:
         while True:

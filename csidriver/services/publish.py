@@ -245,15 +245,17 @@ class Publisher:
         try:
             vol = await self.locate(volume_id, {})
         except NotFound:
-            # Its partition cannot be found: abnormal if what is mounted there lost its device (the disk is gone);
-            # a mount of a device that exists is some other volume's.
-            if (
-                mount is None
-                or not mount.source.startswith("/dev/")
-                or await asyncio.to_thread(os.path.exists, mount.source)
-            ):
+            # Its partition cannot be found: abnormal if what is mounted there lost its device (the disk is gone)
+            # or cannot be read (the disk fails, so its table cannot be read either); a readable device mounted
+            # there is some other volume's.
+            if mount is None or not mount.source.startswith("/dev/"):
                 raise NotFound(f"volume {volume_id} is not published at {path}") from None
-            return VolumeStats(block=False, total=0, abnormal="the volume's partition is on no readable pool disk")
+            if not await asyncio.to_thread(os.path.exists, mount.source):
+                return VolumeStats(block=False, total=0, abnormal="the volume's partition is on no readable pool disk")
+            problem = await self._host.read_problem(mount.source)
+            if problem is None:
+                raise NotFound(f"volume {volume_id} is not published at {path}") from None
+            return VolumeStats(block=False, total=0, abnormal=f"the volume's disk fails: {problem}")
         if mount is None or not _same_device(mount, vol):
             raise NotFound(f"volume {volume_id} is not published at {path}")
         if not await asyncio.to_thread(os.path.isdir, path):  # a bind-mounted device node
