@@ -17,8 +17,8 @@ import pytest
 from csidriver.api import naming
 from tests.conftest import POOL, Cluster
 from tests.e2e.csi import MIB, code_of, create, delete, publish, unpublish
+from tests.e2e.nodes import own_node
 from tests.e2e.test_disk_failure import wait_for
-from tests.e2e.test_plugin import plugin
 from tests.harness.disks import LoopDisk, partitions
 from tests.harness.driver import Process
 
@@ -41,16 +41,8 @@ def _timed(call: Any) -> tuple[C, str, float]:
 
 @pytest.fixture
 def beat_node(cluster: Cluster) -> Iterator[tuple[Process, LoopDisk]]:
-    cluster.api.add_node(NODE)
-    disk = cluster.disks.pool(POOL, 128)
-    agent = cluster.driver.agent(NODE, [disk.device], **BEAT)
-    agent.wait_ready()
-    try:
-        yield agent, disk
-    finally:
-        cluster.driver.processes[agent.name].stop()
-        plugin(cluster, "release-node", NODE, "--reason", "liveness test done")
-        cluster.api.kubectl("delete", "node", NODE, "--ignore-not-found")
+    with own_node(cluster, NODE, (128,), **BEAT) as (agent, disks):
+        yield agent, disks[0]
 
 
 def test_heartbeat_lease_is_written_and_owned_by_the_node(

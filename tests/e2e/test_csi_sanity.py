@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import ARTIFACTS, Cluster
-from tests.e2e.test_plugin import plugin
+from tests.e2e.nodes import own_node
 from tests.harness.tools import Tools
 
 # btrfs (below) needs 114 MiB at least.
@@ -22,16 +22,8 @@ SANITY_POOL = "sanity"  # only this node has it, so every volume csi-sanity make
 def sanity_agent(cluster: Cluster) -> Iterator[str]:
     """An agent of its own whose filesystem default is btrfs: ext4 grows online only with CAP_SYS_RESOURCE, which
     this machine's sandbox withholds even from root, and csi-sanity's expansion spec uses the default filesystem."""
-    cluster.api.add_node(NODE)
-    disks = [cluster.disks.pool(SANITY_POOL, 1024), cluster.disks.pool(SANITY_POOL, 1024)]
-    agent = cluster.driver.agent(NODE, [d.device for d in disks], DEFAULT_FSTYPE="btrfs")
-    agent.wait_ready()
-    try:
+    with own_node(cluster, NODE, (1024, 1024), pool=SANITY_POOL, DEFAULT_FSTYPE="btrfs") as (agent, _):
         yield agent.socket
-    finally:
-        cluster.driver.processes[agent.name].stop()
-        plugin(cluster, "release-node", NODE, "--reason", "csi-sanity done")
-        cluster.api.kubectl("delete", "node", NODE, "--ignore-not-found")
 
 
 @pytest.mark.parametrize("access_type", ["mount", "block"])

@@ -19,9 +19,9 @@ import grpc
 import pytest
 
 from csidriver.csi import csi_pb2, csi_pb2_grpc
-from tests.conftest import POOL, Cluster
+from tests.conftest import Cluster
 from tests.e2e.csi import MIB, block_cap, code_of, create, delete, mount_cap, publish, unpublish
-from tests.e2e.test_plugin import plugin
+from tests.e2e.nodes import own_node
 from tests.harness.disks import LoopDisk, partitions
 from tests.harness.driver import Process
 
@@ -32,16 +32,8 @@ C = grpc.StatusCode
 
 @pytest.fixture(scope="module")
 def grow_node(cluster: Cluster) -> Iterator[tuple[Process, LoopDisk]]:
-    cluster.api.add_node(NODE)
-    disk = cluster.disks.pool(POOL, 1536)
-    agent = cluster.driver.agent(NODE, [disk.device])
-    agent.wait_ready()
-    try:
-        yield agent, disk
-    finally:
-        cluster.driver.processes[agent.name].stop()
-        plugin(cluster, "release-node", NODE, "--reason", "expansion test done")
-        cluster.api.kubectl("delete", "node", NODE, "--ignore-not-found")
+    with own_node(cluster, NODE, (1536,)) as (agent, disks):
+        yield agent, disks[0]
 
 
 def _expand(cluster: Cluster, volume_id: str, size: int, cap: Any = None) -> Any:
