@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from csidriver.api import constants as c
-from csidriver.api.objects import node_from_dict, volume_from_dict
+from csidriver.api.objects import cordoned_disks, node_from_dict, volume_from_dict
 from csidriver.kube.resources import Conflict, Kube
 
 SAVED_PV = "local.openebs.io/migration-pv"
@@ -178,7 +178,15 @@ async def _clear_old_rows(kube: Kube, guid: str, target: str, dry_run: bool) -> 
     for raw in await kube.list_device_nodes():
         node = node_from_dict(raw)
         row = next((d for d in node.devices if d.uuid.upper() == guid), None)
-        if node.name == target or row is None:
+        if node.name == target:
+            continue
+        if row is None:
+            # Already dropped by that node's agent (no volume of it is on the disk any more): only the cordon mark
+            # the runbook set there is left to remove.
+            if guid in cordoned_disks(raw.get("metadata") or {}):
+                steps.append(f"remove the cordon mark of disk {guid} from DeviceNode {node.name}")
+                if not dry_run:
+                    await _drop_row(kube, node.name, guid)
             continue
         if row.healthy and _ready(await kube.get_node(node.name)):
             steps.append(f"left alone: Ready node {node.name} still reports disk {guid} healthy (a shared disk?)")
