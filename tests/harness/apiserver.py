@@ -217,13 +217,14 @@ class ApiServer:
     def install_driver_objects(self) -> None:
         """CRDs, namespace, RBAC and CSIDriver from the repository, applied as they would be on a cluster."""
         self.kubectl("apply", "-f", str(ROOT / "deploy" / "namespace.yaml"))
-        for crd in ("devicevolume.yaml", "devicenode.yaml"):
+        for crd in ("devicevolume.yaml", "devicenode.yaml", "devicesnapshot.yaml"):
             self.kubectl("apply", "-f", str(ROOT / "crds" / crd))
         self.kubectl(
             "wait",
             "--for=condition=Established",
             "crd/devicevolumes.local.openebs.io",
             "crd/devicenodes.local.openebs.io",
+            "crd/devicesnapshots.local.openebs.io",
             "--timeout=30s",
         )
         self.kubectl("apply", "-f", str(ROOT / "deploy" / "rbac.yaml"))
