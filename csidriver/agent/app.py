@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from csidriver.agent.brake import DeletionBrake
 from csidriver.agent.localhost import LocalHost
 from csidriver.agent.reporter import NodeReporter
+from csidriver.agent.snapshots import SnapshotReconciler
 from csidriver.agent.volumes import VolumeReconciler
 from csidriver.agent.workqueue import WorkQueue
 from csidriver.api import constants as c
@@ -173,10 +174,34 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             def cordoned() -> set[str]:
                 return cordoned_disks((own_node.cache.get(settings.node_id) or {}).get("metadata") or {})
 
-            reconciler = VolumeReconciler(kube, informer.cache, partitions, reporter, settings.node_id, brake, cordoned)
+            snapshots = kube.snapshot_informer(settings.node_id)
+            reconciler = VolumeReconciler(
+                kube,
+                informer.cache,
+                partitions,
+                reporter,
+                settings.node_id,
+                brake,
+                cordoned,
+                snapshots.cache,
+                snapshots.synced.is_set,
+            )
             queue = WorkQueue(reconciler.reconcile, settings.workers, "devicevolume")
             wake.append(queue.wake)
             informer.subscribe(lambda name, _old, _new: queue.add(name))
+            snapshotter = SnapshotReconciler(
+                kube,
+                snapshots.cache,
+                informer.cache,
+                partitions,
+                reporter,
+                settings.node_id,
+                brake,
+                cordoned,
+                informer.synced.is_set,
+            )
+            snap_queue = WorkQueue(snapshotter.reconcile, settings.workers, "devicesnapshot")
+            snapshots.subscribe(lambda name, _old, _new: snap_queue.add(name))
 
             def left(_name: str, _old: Any, new: Any) -> None:
                 # A volume migrated to another node (or deleted) may have been the last one on a disk that is gone.
@@ -195,6 +220,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             tg.create_task(informer.run())
             tg.create_task(own_node.run())
             tg.create_task(queue.run())
+            tg.create_task(snapshots.run())
+            tg.create_task(snap_queue.run())
     except* Shutdown:
         log.info("stopping: asked to")
     finally:

@@ -16,11 +16,20 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from csidriver.agent.brake import DeletionBrake
+from csidriver.agent.carving import NoRoom, carve, copy_progress
 from csidriver.agent.reporter import NodeReporter
 from csidriver.agent.workqueue import Retry
 from csidriver.api import constants as c
 from csidriver.api import naming
-from csidriver.api.objects import DeviceVolume, ErrorCode, Placement, State, placement_dict, volume_from_dict
+from csidriver.api.objects import (
+    DeviceVolume,
+    ErrorCode,
+    Placement,
+    State,
+    placement_dict,
+    snapshot_from_dict,
+    volume_from_dict,
+)
 from csidriver.host.clone import SourceBusy
 from csidriver.host.disks import PoolDisk
 from csidriver.host.partitions import (
@@ -71,6 +80,7 @@ def _recorded_size(raw: Mapping[str, Any]) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+SNAPSHOTS_UNSYNCED = "the DeviceSnapshot cache is not synced yet (is the devicesnapshots CRD installed?)"
 # Seconds before a growth that found no room in place is tried again (a neighbour may have been deleted).
 RESIZE_RETRY = 60.0
 
@@ -89,6 +99,8 @@ class VolumeReconciler:
         node_id: str,
         brake: DeletionBrake,
         cordoned: Callable[[], set[str]] = set,
+        snapshots: Mapping[str, Mapping[str, Any]] | None = None,
+        snapshots_synced: Callable[[], bool] = lambda: True,
     ) -> None:
         self._kube = kube
         self._cache = cache
@@ -97,6 +109,8 @@ class VolumeReconciler:
         self._node = node_id
         self._brake = brake
         self._cordoned = cordoned
+        self._snapshots: Mapping[str, Mapping[str, Any]] = snapshots if snapshots is not None else {}
+        self._snapshots_synced = snapshots_synced
 
     async def reconcile(self, name: str) -> float | None:
         raw = self._cache.get(name)
@@ -271,9 +285,8 @@ class VolumeReconciler:
             if carved is None:
                 return
             part, guid = carved
-        source = vol.annotations.get(c.CLONE_SOURCE_ANNOTATION, "")
-        if source:
-            if not await self._fill(vol, raw, source, part):
+        if vol.annotations.get(c.CLONE_SOURCE_ANNOTATION) or vol.annotations.get(c.RESTORE_SOURCE_ANNOTATION):
+            if not await self._fill(vol, raw, part):
                 return
         else:
             await self._parts.wipe(part.node)
@@ -300,34 +313,55 @@ class VolumeReconciler:
         )
         log.info("volume %s ready: %s on %s", vol.name, part.node, part.disk_path)
 
-    async def _fill(self, vol: DeviceVolume, raw: Mapping[str, Any], source: str, part: Partition) -> bool:
-        """A clone: copy the source volume's partition (this node's) onto the new one, in place of the wipe. False
-        when the clone failed for good (status Failed says why)."""
-        src_raw = self._cache.get(source)
-        src = volume_from_dict(src_raw) if src_raw is not None else None
-        if src is None or src.deleting or src.state is not State.READY or src.owner_node != self._node:
-            await self._fail(
-                vol, raw, ErrorCode.INTERNAL, f"clone source {source} is not a ready volume of node {self._node}"
+    async def _fill(self, vol: DeviceVolume, raw: Mapping[str, Any], part: Partition) -> bool:
+        """A clone or a restore: copy the source volume's (or snapshot's) partition, on this node, onto the new one
+        in place of the wipe, reporting progress in status.copiedBytes. False when it failed for good (status
+        Failed says why)."""
+        clone_of = vol.annotations.get(c.CLONE_SOURCE_ANNOTATION, "")
+        snapshot = vol.annotations.get(c.RESTORE_SOURCE_ANNOTATION, "")
+        found: tuple[PoolDisk, Any] | None
+        if clone_of:
+            what = f"clone source {clone_of}"
+            src_raw = self._cache.get(clone_of)
+            src = volume_from_dict(src_raw) if src_raw is not None else None
+            usable = src is not None and not src.deleting and src.state is State.READY and src.owner_node == self._node
+            pool, pname = (src.pool if src else ""), naming.partition_name(clone_of)
+        else:
+            what = f"snapshot {snapshot}"
+            if not self._snapshots_synced():
+                raise Retry(f"{SNAPSHOTS_UNSYNCED}: cannot restore from {snapshot} yet")
+            snap_raw = self._snapshots.get(snapshot)
+            snap = snapshot_from_dict(snap_raw) if snap_raw is not None else None
+            usable = (
+                snap is not None and not snap.deleting and snap.state is State.READY and snap.owner_node == self._node
             )
+            pool, pname = (snap.pool if snap else ""), naming.snapshot_partition_name(snapshot)
+        if not usable:
+            await self._fail(vol, raw, ErrorCode.INTERNAL, f"{what} is not ready on node {self._node}")
             return False
-        found = await self._parts.find(self._pool_disks(src.pool), naming.partition_name(source))
+        found = await self._parts.find(self._pool_disks(pool), pname)
         if found is None:
-            raise Retry(f"clone source {source}: partition not found on pool {src.pool!r} (its disk is absent?)")
-        src_part = await self._parts.activate(found[0].path, src.pool, found[1].name)
+            raise Retry(f"{what}: partition not found on pool {pool!r} (its disk is absent?)")
+        src_part = await self._parts.activate(found[0].path, pool, found[1].name)
         if src_part is None:
-            raise Retry(f"clone source {source}: partition vanished")
+            raise Retry(f"{what}: partition vanished")
         start = time.monotonic()
+
+        async def report(done: int) -> None:
+            await self._kube.patch_volume_status(vol.name, {"copiedBytes": done})
+
         try:
-            copied = await self._parts.fill_from(src_part.node, part.node, vol.pool)
+            async with copy_progress(report) as progress:
+                copied = await self._parts.fill_from(src_part.node, part.node, vol.pool, progress)
         except SourceBusy as e:
-            await self._fail(vol, raw, ErrorCode.INTERNAL, f"clone of {source} refused: {e}")
+            await self._fail(vol, raw, ErrorCode.INTERNAL, f"copy of {what} refused: {e}")
             return False
         took = time.monotonic() - start
         log.info(
             "volume %s: copied %d bytes of %s in %.2f s (%.0f MiB/s)",
             vol.name,
             copied,
-            source,
+            what,
             took,
             copied / c.MIB / max(took, 1e-6),
         )
@@ -336,28 +370,13 @@ class VolumeReconciler:
     async def _carve(
         self, vol: DeviceVolume, raw: Mapping[str, Any], disks: list[PoolDisk], pname: str
     ) -> tuple[Partition, str] | None:
-        # Best fit: the disk whose largest extent is the smallest that still holds the volume; never a disk an
-        # operator cordoned.
-        skip = self._cordoned()
-        usable = [d for d in disks if d.guid.upper() not in skip]
-        order = sorted(usable, key=lambda d: (d.largest_extent < vol.capacity, d.largest_extent, d.guid))
-        largest = 0
-        for disk in order:
-            try:
-                part = await self._parts.create(disk.path, vol.pool, pname, vol.capacity)
-                return part, disk.guid
-            except InsufficientCapacity as e:
-                largest = max(largest, e.largest_extent)
-        if not usable:
-            why = f"node {self._node} has no usable (present, not cordoned) disk in pool {vol.pool!r}"
-        else:
-            why = (
-                f"pool {vol.pool!r} on node {self._node} cannot fit {vol.capacity} bytes: "
-                f"largest free extent is {largest} bytes"
-            )
-        await self._reporter.refresh()  # what the controller believed was stale: correct it before reporting
-        await self._fail(vol, raw, ErrorCode.INSUFFICIENT_CAPACITY, why)
-        return None
+        # Best fit, never on a disk an operator cordoned.
+        made = await carve(self._parts, disks, self._cordoned(), self._node, vol.pool, pname, vol.capacity)
+        if isinstance(made, NoRoom):
+            await self._reporter.refresh()  # what the controller believed was stale: correct it before reporting
+            await self._fail(vol, raw, ErrorCode.INSUFFICIENT_CAPACITY, made.reason)
+            return None
+        return made
 
     async def _fail(self, vol: DeviceVolume, raw: Mapping[str, Any], code: ErrorCode, message: str) -> None:
         log.warning("volume %s failed: %s", vol.name, message)
@@ -383,6 +402,17 @@ class VolumeReconciler:
         )
         if cloning:
             raise Retry(f"volume {cloning[0]} is being copied from it")
+        if not self._snapshots_synced():
+            raise Retry(f"{SNAPSHOTS_UNSYNCED}: a snapshot may be being copied from it")
+        snapping = sorted(
+            name
+            for name, other in self._snapshots.items()
+            if (other.get("spec") or {}).get("sourceVolume") == vol.name
+            and (other.get("status") or {}).get("state", State.PENDING.value) == State.PENDING.value
+            and not (other.get("metadata") or {}).get("deletionTimestamp")
+        )
+        if snapping:
+            raise Retry(f"snapshot {snapping[0]} is being copied from it")
         pname = naming.partition_name(vol.name)
         disks = self._pool_disks(vol.pool)
         found = await self._parts.find(disks, pname)

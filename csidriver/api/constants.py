@@ -12,6 +12,8 @@ VOLUME_PLURAL: Final = "devicevolumes"
 NODE_PLURAL: Final = "devicenodes"
 VOLUME_KIND: Final = "DeviceVolume"
 NODE_KIND: Final = "DeviceNode"
+SNAPSHOT_PLURAL: Final = "devicesnapshots"
+SNAPSHOT_KIND: Final = "DeviceSnapshot"
 
 DEFAULT_NAMESPACE: Final = "openebs"
 FINALIZER: Final = "device.openebs.io/finalizer"
@@ -46,3 +48,8 @@ RESIZE_REQUEST_ANNOTATION = "local.openebs.io/resize-request"
 # A volume created as a clone names its source volume here (set by the controller at creation, never changed); its
 # agent fills the new partition with a block copy of the source's instead of wiping it.
 CLONE_SOURCE_ANNOTATION = "local.openebs.io/clone-of"
+# A volume restored from a snapshot names the DeviceSnapshot here (set by the controller at creation, never changed);
+# its agent fills the new partition with a block copy of the snapshot's partition instead of wiping it.
+RESTORE_SOURCE_ANNOTATION = "local.openebs.io/restored-from"
+# Seconds between progress reports (status.copiedBytes) of a copy in progress (a clone, a snapshot, a restore).
+COPY_PROGRESS_SECONDS = 2.0

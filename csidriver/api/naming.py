@@ -33,6 +33,12 @@ def partition_name(volume_id: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, "partition:" + volume_id))
 
 
+def snapshot_partition_name(snapshot: str) -> str:
+    """The GPT name of a snapshot's partition: a UUID5 of its object name in a space of its own, so it never equals
+    a volume's partition name (a volume and a snapshot may share an object name)."""
+    return str(uuid.uuid5(_NAMESPACE, "snapshot:" + snapshot))
+
+
 def is_valid_volume_id(volume_id: str) -> bool:
     return len(volume_id) <= 253 and _DNS_SUBDOMAIN.fullmatch(volume_id) is not None
 

@@ -1,4 +1,4 @@
-"""DeviceVolume and DeviceNode as frozen dataclasses, parsed from and rendered to API dicts in one place."""
+"""DeviceVolume, DeviceSnapshot and DeviceNode as frozen dataclasses, parsed from and rendered to API dicts."""
 
 from __future__ import annotations
 
@@ -65,20 +65,7 @@ def volume_from_dict(obj: Mapping[str, Any]) -> DeviceVolume:
     meta = obj.get("metadata") or {}
     spec = obj.get("spec") or {}
     status = obj.get("status") or {}
-    err = status.get("error") or {}
-    code: ErrorCode | None
-    try:
-        code = ErrorCode(err["code"]) if err.get("code") else None
-    except ValueError:
-        code = ErrorCode.INTERNAL
-    placement = Placement(
-        disk_guid=status.get("diskGUID", ""),
-        disk_path=status.get("diskPath", ""),
-        partition_name=status.get("partitionName", ""),
-        partition_uuid=status.get("partitionUUID", ""),
-        partition_number=_whole(status.get("partitionNumber")) or 0,
-        device_path=status.get("devicePath", ""),
-    )
+    code, message = _error(status)
     return DeviceVolume(
         name=meta.get("name", ""),
         owner_node=spec.get("ownerNodeID", ""),
@@ -86,8 +73,8 @@ def volume_from_dict(obj: Mapping[str, Any]) -> DeviceVolume:
         pool=spec.get("devname", ""),
         state=_state(status.get("state")),
         error_code=code,
-        error_message=err.get("message", ""),
-        placement=placement,
+        error_message=message,
+        placement=_placement(status),
         finalizers=tuple(meta.get("finalizers") or ()),
         deleting=bool(meta.get("deletionTimestamp")),
         resource_version=meta.get("resourceVersion", ""),
@@ -97,6 +84,94 @@ def volume_from_dict(obj: Mapping[str, Any]) -> DeviceVolume:
         generation=_whole(meta.get("generation")) or 0,
         capacity_bytes=_whole(status.get("capacityBytes")),
     )
+
+
+@dataclass(frozen=True)
+class DeviceSnapshot:
+    """A point-in-time full copy of a volume, in a partition of its own on the volume's node and pool."""
+
+    name: str
+    owner_node: str
+    source_volume: str
+    capacity: int  # bytes copied: the source's partition size when the snapshot was asked for
+    pool: str
+    state: State = State.PENDING
+    error_code: ErrorCode | None = None
+    error_message: str = ""
+    placement: Placement = field(default_factory=Placement)
+    finalizers: tuple[str, ...] = ()
+    deleting: bool = False
+    resource_version: str = ""
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    conditions: tuple[Mapping[str, Any], ...] = ()
+    cut_at: str = ""  # status.creationTime: when the copy began (the source frozen), RFC 3339
+    copied_bytes: int | None = None  # status.copiedBytes: progress of the copy while Pending
+    created: str = ""  # metadata.creationTimestamp
+
+
+def _error(status: Mapping[str, Any]) -> tuple[ErrorCode | None, str]:
+    err = status.get("error") or {}
+    try:
+        code = ErrorCode(err["code"]) if err.get("code") else None
+    except ValueError:
+        code = ErrorCode.INTERNAL
+    return code, str(err.get("message", ""))
+
+
+def _placement(status: Mapping[str, Any]) -> Placement:
+    return Placement(
+        disk_guid=status.get("diskGUID", ""),
+        disk_path=status.get("diskPath", ""),
+        partition_name=status.get("partitionName", ""),
+        partition_uuid=status.get("partitionUUID", ""),
+        partition_number=_whole(status.get("partitionNumber")) or 0,
+        device_path=status.get("devicePath", ""),
+    )
+
+
+def snapshot_from_dict(obj: Mapping[str, Any]) -> DeviceSnapshot:
+    """Never raises (see volume_from_dict)."""
+    meta = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    code, message = _error(status)
+    return DeviceSnapshot(
+        name=str(meta.get("name", "")),
+        owner_node=str(spec.get("ownerNodeID", "")),
+        source_volume=str(spec.get("sourceVolume", "")),
+        capacity=_bytes(spec.get("capacity")),
+        pool=str(spec.get("devname", "")),
+        state=_state(status.get("state")),
+        error_code=code,
+        error_message=message,
+        placement=_placement(status),
+        finalizers=tuple(meta.get("finalizers") or ()),
+        deleting=bool(meta.get("deletionTimestamp")),
+        resource_version=str(meta.get("resourceVersion", "")),
+        annotations=dict(meta.get("annotations") or {}),
+        conditions=tuple(status.get("conditions") or ()),
+        cut_at=str(status.get("creationTime") or ""),
+        copied_bytes=_whole(status.get("copiedBytes")),
+        created=str(meta.get("creationTimestamp") or ""),
+    )
+
+
+def new_snapshot_body(
+    name: str, namespace: str, node: str, pool: str, capacity: int, source: str, csi_name: str
+) -> dict[str, Any]:
+    """A Pending snapshot of volume `source`, on the source's node and pool. Status is written by the agent only
+    (through /status), so a missing state reads as Pending."""
+    return {
+        "apiVersion": c.API_VERSION,
+        "kind": c.SNAPSHOT_KIND,
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {c.NODE_LABEL: node},
+            "annotations": {c.CSI_NAME_ANNOTATION: csi_name[:1024]},
+        },
+        "spec": {"ownerNodeID": node, "sourceVolume": source, "capacity": str(capacity), "devname": pool},
+    }
 
 
 def _bytes(value: object) -> int:

@@ -23,6 +23,7 @@ from csidriver.servicers.server import Shutdown, start_server, until_stopped
 from csidriver.services.cluster import ClusterState
 from csidriver.services.listing import VolumeLister
 from csidriver.services.provisioning import Provisioner
+from csidriver.services.snapshots import Snapshotter
 
 log = logging.getLogger(__name__)
 HEALTH_TIMEOUT = 4.0  # seconds for the /healthz Probe (kubelet's probe timeout in deploy/ is 5 s)
@@ -46,9 +47,11 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     volumes = kube.volume_informer()
     nodes = kube.node_informer()
     heartbeats = kube.heartbeat_informer()
+    snapshots = kube.snapshot_informer()
     volumes.subscribe(cluster.on_volume)
     nodes.subscribe(cluster.on_node)
     heartbeats.subscribe(cluster.on_heartbeat)
+    snapshots.subscribe(cluster.on_snapshot)
     metrics = Metrics()
     metrics.api_requests(api.requests)
     metrics.add_collector(lambda: _load_metrics(cluster))
@@ -62,6 +65,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             return "DeviceNode cache not synced"
         if not heartbeats.synced.is_set():
             return "agent heartbeat cache not synced"
+        if not snapshots.synced.is_set():
+            return "DeviceSnapshot cache not synced"
         if elector is not None and not elector.attempted.is_set():
             return "leader election not tried yet"
         return None
@@ -92,7 +97,11 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             (
                 csi_pb2_grpc.add_ControllerServicer_to_server,
                 ControllerServicer(
-                    provisioner, VolumeLister(cluster), metrics.observe_rpc, elector.confirm if elector else None
+                    provisioner,
+                    VolumeLister(cluster),
+                    Snapshotter(kube, cluster, settings.create_timeout_seconds),
+                    metrics.observe_rpc,
+                    elector.confirm if elector else None,
                 ),
             ),
         ],
@@ -109,6 +118,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             tg.create_task(volumes.run())
             tg.create_task(nodes.run())
             tg.create_task(heartbeats.run())
+            tg.create_task(snapshots.run())
             if elector is not None:
                 tg.create_task(elector.run())
     except* Shutdown:

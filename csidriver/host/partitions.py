@@ -13,7 +13,7 @@ import errno
 import fcntl
 import os
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from .clone import Freezer, SourceBusy, copy_device, source_use
@@ -186,11 +186,14 @@ class PartitionManager:
                 return None
             return await self._activate(disk, table.sector_size, entry)
 
-    async def fill_from(self, source: str, target: str, pool: str) -> int:
+    async def fill_from(
+        self, source: str, target: str, pool: str, progress: Callable[[int], None] | None = None
+    ) -> int:
         """Make partition ``target`` (of a ``pool`` disk, never #1) a block copy of partition ``source``: the
         source's bytes, then the target's last MiB zeroed when it is bigger (no stale end-of-device signature).
         A source mounted as a filesystem is frozen during the copy; one published as a raw block device is
-        refused (SourceBusy). Returns the bytes copied. Repeatable: a copy cut short is simply done again."""
+        refused (SourceBusy). Returns the bytes copied; `progress` is called (from the copy's thread) with the bytes
+        copied so far. Repeatable: a copy cut short is simply done again."""
         real = await asyncio.to_thread(os.path.realpath, target)
         info = await asyncio.to_thread(kernel_partition, self._sys_root, os.path.basename(real))
         if info is None or info.number == 1:
@@ -209,7 +212,7 @@ class PartitionManager:
         if use.raw_binds:
             raise SourceBusy(f"{source} is published as a raw block device at {use.raw_binds[0]} and cannot be frozen")
         async with self._freezer.frozen(use.mount_points):
-            await asyncio.to_thread(copy_device, src, real, length)
+            await asyncio.to_thread(copy_device, src, real, length, progress)
         if size > length:
             await asyncio.to_thread(zero_tail, real, MIB)
         return length

@@ -180,13 +180,17 @@ class Kube:
         )
         return obj
 
-    async def _json_patch(self, name: str, ops: list[dict[str, Any]]) -> Obj:
+    async def _json_patch(self, name: str, ops: list[dict[str, Any]], plural: str = c.VOLUME_PLURAL) -> Obj:
+        version = c.VERSION if plural == c.SNAPSHOT_PLURAL else ""  # a kind served only in our version
         obj: Obj = await self._call(
-            "patch_namespaced_custom_object", c.VOLUME_PLURAL, name, ops, _content_type=_JSON_PATCH
+            "patch_namespaced_custom_object", plural, name, ops, _content_type=_JSON_PATCH, version=version
         )
         return obj
 
-    async def add_finalizer(self, name: str, finalizers: tuple[str, ...], finalizer: str) -> Obj:
+    async def add_finalizer(
+        self, name: str, finalizers: tuple[str, ...], finalizer: str, plural: str = c.VOLUME_PLURAL
+    ) -> Obj:
+        """On a DeviceVolume, or another kind of ours by its plural."""
         ops: list[dict[str, Any]]
         if finalizers:
             ops = [
@@ -195,20 +199,66 @@ class Kube:
             ]
         else:
             ops = [{"op": "add", "path": "/metadata/finalizers", "value": [finalizer]}]
-        return await self._json_patch(name, ops)
+        return await self._json_patch(name, ops, plural)
 
-    async def remove_finalizer(self, name: str, finalizers: tuple[str, ...], finalizer: str) -> Obj:
+    async def remove_finalizer(
+        self, name: str, finalizers: tuple[str, ...], finalizer: str, plural: str = c.VOLUME_PLURAL
+    ) -> Obj:
         """Removes only `finalizer`, and only if the list is still what we saw (JSON patch test)."""
         i = finalizers.index(finalizer)
         ops = [
             {"op": "test", "path": f"/metadata/finalizers/{i}", "value": finalizer},
             {"op": "remove", "path": f"/metadata/finalizers/{i}"},
         ]
-        return await self._json_patch(name, ops)
+        return await self._json_patch(name, ops, plural)
 
     async def list_volumes(self) -> list[Obj]:
         """All DeviceVolumes (for operators' commands, never a hot path)."""
         page = await self._list_volumes()
+        return list(page.get("items") or [])
+
+    # -- DeviceSnapshot -----------------------------------------------------------------------------------
+    def _list_snapshots(self, **kw: Any) -> Any:
+        return self._custom.list_namespaced_custom_object(c.GROUP, c.VERSION, self.namespace, c.SNAPSHOT_PLURAL, **kw)
+
+    def snapshot_informer(self, node: str | None = None) -> Informer:
+        """All snapshots of the namespace, or (server-side filtered) only those on `node`."""
+        selector = f"spec.ownerNodeID={node}" if node else None
+        return Informer(self._list_snapshots, what="devicesnapshots", field_selector=selector)
+
+    async def get_snapshot(self, name: str) -> Obj | None:
+        got: Obj | None = await self._call(
+            "get_namespaced_custom_object", c.SNAPSHOT_PLURAL, name, absent_ok=True, version=c.VERSION
+        )
+        return got
+
+    async def create_snapshot(self, body: Mapping[str, Any]) -> Obj:
+        obj: Obj = await self._call("create_namespaced_custom_object", c.SNAPSHOT_PLURAL, body, version=c.VERSION)
+        return obj
+
+    async def delete_snapshot(self, name: str) -> None:
+        """Deleting an absent snapshot succeeds."""
+        await self._call("delete_namespaced_custom_object", c.SNAPSHOT_PLURAL, name, absent_ok=True, version=c.VERSION)
+
+    async def patch_snapshot_status(self, name: str, status: Mapping[str, Any]) -> Obj:
+        obj: Obj = await self._call(
+            "patch_namespaced_custom_object_status",
+            c.SNAPSHOT_PLURAL,
+            name,
+            {"status": status},
+            _content_type=_MERGE_PATCH,
+            version=c.VERSION,
+        )
+        return obj
+
+    async def list_snapshots(self) -> list[Obj]:
+        """All DeviceSnapshots (for operators' commands, never a hot path); none when the CRD is not installed."""
+        try:
+            page = await self._list_snapshots()
+        except ApiException as e:
+            if e.status == 404:
+                return []
+            raise
         return list(page.get("items") or [])
 
     # -- DeviceNode ---------------------------------------------------------------------------------------

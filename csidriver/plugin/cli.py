@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from csidriver.api import constants as c
-from csidriver.api.objects import cordoned_disks, node_from_dict, volume_from_dict
+from csidriver.api.objects import cordoned_disks, node_from_dict, snapshot_from_dict, volume_from_dict
 from csidriver.host.initdisk import InitDiskRefused, apply_init, plan_init
 from csidriver.host.runner import Runner
 from csidriver.kube.client import make_api_client
@@ -176,6 +176,15 @@ async def cmd_release(kube: Kube, args: argparse.Namespace) -> int:
         if c.FINALIZER in current.finalizers:
             await kube.remove_finalizer(v.name, current.finalizers, c.FINALIZER)
         await kube.delete_volume(v.name)
+    # Its snapshots' partitions are as lost as its volumes'.
+    snaps = [snapshot_from_dict(x) for x in await kube.list_snapshots()]
+    for snap in (x for x in snaps if x.owner_node == args.node):
+        print(f"{'would release' if args.dry_run else 'releasing'} snapshot {snap.name} of {snap.source_volume}")
+        if args.dry_run:
+            continue
+        if c.FINALIZER in snap.finalizers:
+            await kube.remove_finalizer(snap.name, snap.finalizers, c.FINALIZER, c.SNAPSHOT_PLURAL)
+        await kube.delete_snapshot(snap.name)
     if not args.dry_run:
         await kube.delete_device_node(args.node)
     print(

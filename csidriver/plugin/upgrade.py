@@ -38,6 +38,15 @@ async def upgrade_check(kube: Kube, driver_name: str) -> Report:
 async def _check_crds(kube: Kube, report: Report) -> bool:
     """True when every CRD serves this driver's version."""
     upgraded = True
+    snapshots = f"{c.SNAPSHOT_PLURAL}.{c.GROUP}"  # a kind of this driver only: no version of the original's
+    crd = await kube.get_crd(snapshots)
+    if crd is None or not any(
+        v.get("name") == c.VERSION and v.get("served") for v in crd["spec"].get("versions") or []
+    ):
+        report.blockers.append(
+            f"CRD {snapshots} is missing or does not serve {c.VERSION}: apply this release's crds/ first"
+        )
+        upgraded = False
     for name in CRDS:
         crd = await kube.get_crd(name)
         if crd is None:

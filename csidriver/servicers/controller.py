@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from google.protobuf import wrappers_pb2
+from google.protobuf import timestamp_pb2, wrappers_pb2
 
 from csidriver.api import constants as c
 from csidriver.csi import csi_pb2, csi_pb2_grpc
@@ -14,6 +14,7 @@ from csidriver.servicers.edge import Ctx, Observer, answer_unimplemented, rpc
 from csidriver.services.errors import Unavailable
 from csidriver.services.listing import ListedVolume, VolumeLister
 from csidriver.services.provisioning import Provisioner
+from csidriver.services.snapshots import SnapshotInfo, Snapshotter
 
 _Rpc = csi_pb2.ControllerServiceCapability.RPC
 _CAPS = (
@@ -25,6 +26,8 @@ _CAPS = (
     _Rpc.SINGLE_NODE_MULTI_WRITER,
     _Rpc.EXPAND_VOLUME,
     _Rpc.CLONE_VOLUME,
+    _Rpc.CREATE_DELETE_SNAPSHOT,
+    _Rpc.LIST_SNAPSHOTS,
 )
 
 
@@ -34,11 +37,13 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
         self,
         provisioner: Provisioner,
         lister: VolumeLister,
+        snapshots: Snapshotter,
         observe: Observer | None = None,
         leads: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self._prov = provisioner
         self._lister = lister
+        self._snaps = snapshots
         self.observe = observe
         self._leads = leads  # None: no leader election, this replica serves everything
 
@@ -56,7 +61,7 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
                 capacity_bytes=vol.capacity,
                 volume_context=dict(vol.context),
                 accessible_topology=[csi_pb2.Topology(segments={c.TOPOLOGY_KEY: vol.node})],
-                content_source=_source(vol.source_volume),
+                content_source=_source(vol.source_volume, vol.source_snapshot),
             )
         )
 
@@ -131,6 +136,33 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
             status=csi_pb2.ControllerGetVolumeResponse.VolumeStatus(volume_condition=_condition(v)),
         )
 
+    # CreateSnapshot and DeleteSnapshot are served by every replica, leader or not: csi-snapshotter elects on a Lease
+    # of its own, and both are safe from any replica (an object with a deterministic name, created or deleted; the
+    # agent does the copy).
+    @rpc
+    async def CreateSnapshot(
+        self, request: csi_pb2.CreateSnapshotRequest, context: Ctx
+    ) -> csi_pb2.CreateSnapshotResponse:
+        snap = await self._snaps.create(request.name, request.source_volume_id, dict(request.parameters))
+        return csi_pb2.CreateSnapshotResponse(snapshot=_snapshot(snap))
+
+    @rpc
+    async def DeleteSnapshot(
+        self, request: csi_pb2.DeleteSnapshotRequest, context: Ctx
+    ) -> csi_pb2.DeleteSnapshotResponse:
+        await self._snaps.delete(request.snapshot_id)
+        return csi_pb2.DeleteSnapshotResponse()
+
+    @rpc
+    async def ListSnapshots(self, request: csi_pb2.ListSnapshotsRequest, context: Ctx) -> csi_pb2.ListSnapshotsResponse:
+        found, next_token = self._snaps.page(
+            request.max_entries, request.starting_token, request.snapshot_id, request.source_volume_id
+        )
+        return csi_pb2.ListSnapshotsResponse(
+            entries=[csi_pb2.ListSnapshotsResponse.Entry(snapshot=_snapshot(s)) for s in found],
+            next_token=next_token,
+        )
+
     @rpc
     async def ControllerGetCapabilities(self, request: Any, context: Ctx) -> csi_pb2.ControllerGetCapabilitiesResponse:
         return csi_pb2.ControllerGetCapabilitiesResponse(
@@ -138,10 +170,24 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
         )
 
 
-def _source(volume_id: str) -> csi_pb2.VolumeContentSource | None:
-    if not volume_id:
-        return None
-    return csi_pb2.VolumeContentSource(volume=csi_pb2.VolumeContentSource.VolumeSource(volume_id=volume_id))
+def _source(volume_id: str, snapshot_id: str) -> csi_pb2.VolumeContentSource | None:
+    if volume_id:
+        return csi_pb2.VolumeContentSource(volume=csi_pb2.VolumeContentSource.VolumeSource(volume_id=volume_id))
+    if snapshot_id:
+        return csi_pb2.VolumeContentSource(snapshot=csi_pb2.VolumeContentSource.SnapshotSource(snapshot_id=snapshot_id))
+    return None
+
+
+def _snapshot(s: SnapshotInfo) -> csi_pb2.Snapshot:
+    created = timestamp_pb2.Timestamp()
+    created.FromDatetime(s.created)
+    return csi_pb2.Snapshot(
+        size_bytes=s.size,
+        snapshot_id=s.snapshot_id,
+        source_volume_id=s.source_volume,
+        creation_time=created,
+        ready_to_use=s.ready,
+    )
 
 
 def _volume(v: ListedVolume) -> csi_pb2.Volume:

@@ -48,4 +48,7 @@ def create_request(req: csi_pb2.CreateVolumeRequest) -> CreateRequest:
         source_volume=req.volume_content_source.volume.volume_id
         if req.volume_content_source.WhichOneof("type") == "volume"
         else "",
+        source_snapshot=req.volume_content_source.snapshot.snapshot_id
+        if req.volume_content_source.WhichOneof("type") == "snapshot"
+        else "",
     )

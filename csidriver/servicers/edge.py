@@ -102,14 +102,14 @@ def _bad_text(text: str, where: str) -> str | None:
         return f"{label}{where} is {len(text)} characters long; at most {MAX_FIELD} bytes are accepted"
     # An id with a control character is simply one that names nothing (NOT_FOUND, or OK for a deletion, as the
     # spec asks); what reaches a command, a path or an object must be printable.
-    if not where.endswith("volume_id") and any(not ch.isprintable() and ch != " " for ch in text):
+    if not where.endswith("_id") and any(not ch.isprintable() and ch != " " for ch in text):
         return f"{label}{where} contains a control character"
     return None
 
 
 def _ids(request: Any) -> str:
     parts = []
-    for field in ("name", "volume_id", "target_path"):
+    for field in ("name", "volume_id", "snapshot_id", "source_volume_id", "target_path"):
         value = getattr(request, field, "")
         if value:
             parts.append(f"{field}={clean(value, _LOGGED_VALUE)}")

@@ -14,13 +14,61 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from csidriver.api import naming
-from csidriver.api.objects import DeviceNode, DeviceVolume, State, node_from_dict, volume_from_dict
+from csidriver.api.objects import (
+    DeviceNode,
+    DeviceSnapshot,
+    DeviceVolume,
+    State,
+    node_from_dict,
+    snapshot_from_dict,
+    volume_from_dict,
+)
 from scheduler import DiskState, NodeState
 
+T = TypeVar("T")
 Predicate = Callable[[DeviceVolume | None], bool]
+
+
+class Waiters(Generic[T]):
+    """Calls waiting for a cached object (by name) to satisfy a predicate; resolved by informer events, never by
+    polling."""
+
+    def __init__(self, current: Mapping[str, T]) -> None:
+        self._current = current
+        self._waiters: dict[str, list[tuple[Callable[[T | None], bool], asyncio.Future[T | None]]]] = {}
+
+    def wake(self, name: str, obj: T | None) -> None:
+        waiters = self._waiters.get(name)
+        if not waiters:
+            return
+        keep = []
+        for pred, fut in waiters:
+            if fut.done():
+                continue
+            if pred(obj):
+                fut.set_result(obj)
+            else:
+                keep.append((pred, fut))
+        if keep:
+            self._waiters[name] = keep
+        else:
+            self._waiters.pop(name, None)
+
+    async def wait_for(self, name: str, pred: Callable[[T | None], bool], timeout: float) -> T | None:  # noqa: ASYNC109
+        """The first cached state of `name` satisfying `pred` (raises TimeoutError)."""
+        current = self._current.get(name)
+        if pred(current):
+            return current
+        fut: asyncio.Future[T | None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(name, []).append((pred, fut))
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            if not fut.done():
+                fut.cancel()
 
 
 @dataclass(frozen=True)
@@ -58,7 +106,9 @@ class ClusterState:
         self._reserved: dict[str, Reservation] = {}  # volume -> reservation made here, not yet in the cache
         self._states: dict[str, NodeState] = {}  # scheduler snapshots of every node, rebuilt when dirty
         self._dirty: set[str] = set()
-        self._waiters: dict[str, list[tuple[Predicate, asyncio.Future[DeviceVolume | None]]]] = {}
+        self._volume_waiters: Waiters[DeviceVolume] = Waiters(self.volumes)
+        self.snapshots: dict[str, DeviceSnapshot] = {}
+        self.snapshot_waiters: Waiters[DeviceSnapshot] = Waiters(self.snapshots)
 
     # -- informer handlers ---------------------------------------------------------------------------------
     def on_volume(self, name: str, _old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> None:
@@ -70,7 +120,15 @@ class ClusterState:
             self.volumes[name] = vol
             self._account(vol, +1)
             self._reserved.pop(name, None)
-        self._wake(name, vol)
+        self._volume_waiters.wake(name, vol)
+
+    def on_snapshot(self, name: str, _old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> None:
+        snap = snapshot_from_dict(new) if new is not None else None
+        if snap is None:
+            self.snapshots.pop(name, None)
+        else:
+            self.snapshots[name] = snap
+        self.snapshot_waiters.wake(name, snap)
 
     def on_node(self, name: str, _old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> None:
         if new is None:
@@ -203,32 +261,6 @@ class ClusterState:
         return {d.name for n in self.nodes.values() for d in n.devices}
 
     # -- waiting for an outcome (resolved by informer events, never by polling) --------------------------------
-    def _wake(self, name: str, vol: DeviceVolume | None) -> None:
-        waiters = self._waiters.get(name)
-        if not waiters:
-            return
-        keep = []
-        for pred, fut in waiters:
-            if fut.done():
-                continue
-            if pred(vol):
-                fut.set_result(vol)
-            else:
-                keep.append((pred, fut))
-        if keep:
-            self._waiters[name] = keep
-        else:
-            self._waiters.pop(name, None)
-
     async def wait_for(self, name: str, pred: Predicate, timeout: float) -> DeviceVolume | None:  # noqa: ASYNC109
-        """The first cached state of `name` satisfying `pred` (raises TimeoutError)."""
-        current = self.volumes.get(name)
-        if pred(current):
-            return current
-        fut: asyncio.Future[DeviceVolume | None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(name, []).append((pred, fut))
-        try:
-            return await asyncio.wait_for(fut, timeout)
-        finally:
-            if not fut.done():
-                fut.cancel()
+        """The first cached state of volume `name` satisfying `pred` (raises TimeoutError)."""
+        return await self._volume_waiters.wait_for(name, pred, timeout)

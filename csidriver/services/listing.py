@@ -34,11 +34,13 @@ class ListedVolume:
     message: str = ""
 
 
-def _token(name: str) -> str:
+def page_token(name: str) -> str:
+    """The token of the page after object `name` (for volumes and snapshots alike)."""
     return _TOKEN_PREFIX + base64.urlsafe_b64encode(name.encode()).decode()
 
 
-def _after(token: str) -> str:
+def token_start(token: str) -> str:
+    """The object name a page token starts after ("" for the first page); ABORTED for a token not ours."""
     if not token:
         return ""
     if not token.startswith(_TOKEN_PREFIX):
@@ -95,11 +97,11 @@ class VolumeLister:
         the end). Volumes still being created are not listed: CreateVolume has not returned them yet."""
         if max_entries < 0:
             raise InvalidArgument("max_entries must not be negative")
-        after = _after(starting_token)
+        after = token_start(starting_token)
         names = sorted(n for n, v in self._cluster.volumes.items() if v.state is State.READY and n > after)
         if max_entries and len(names) > max_entries:
             names = names[:max_entries]
-            next_token = _token(names[-1])
+            next_token = page_token(names[-1])
         else:
             next_token = ""
         return [self._listed(self._cluster.volumes[n]) for n in names], next_token

@@ -10,7 +10,15 @@ from typing import Any, Protocol
 
 from csidriver.api import constants as c
 from csidriver.api import naming
-from csidriver.api.objects import DeviceVolume, ErrorCode, State, new_volume_body, volume_from_dict
+from csidriver.api.objects import (
+    DeviceSnapshot,
+    DeviceVolume,
+    ErrorCode,
+    State,
+    new_volume_body,
+    snapshot_from_dict,
+    volume_from_dict,
+)
 from csidriver.services.cluster import ClusterState
 from csidriver.services.errors import (
     Aborted,
@@ -50,6 +58,7 @@ class VolumeStore(Protocol):
     async def create_volume(self, body: Mapping[str, Any]) -> dict[str, Any]: ...
     async def delete_volume(self, name: str, resource_version: str = "") -> bool: ...
     async def patch_volume(self, name: str, patch: Mapping[str, Any]) -> dict[str, Any]: ...
+    async def get_snapshot(self, name: str) -> dict[str, Any] | None: ...
 
 
 def node_labels(cluster: ClusterState, node: str) -> Mapping[str, str]:
@@ -129,13 +138,19 @@ class Provisioner:
         check_segments(req.preferred, "accessibility_requirements.preferred")
         if req.has_mutable_parameters:
             raise InvalidArgument("mutable_parameters are not supported: the driver does not offer ModifyVolume")
-        if req.has_content_source and not req.source_volume:
-            raise InvalidArgument("only volumes can be cloned: snapshot content sources are not supported")
+        if req.has_content_source and not req.source_volume and not req.source_snapshot:
+            raise InvalidArgument("volume_content_source must name a volume (a clone) or a snapshot (a restore)")
         params = parse_params(req.parameters)
         source = await self._clone_source(req.source_volume) if req.source_volume else None
-        size = volume_size(req.required_bytes or (source.capacity if source else 0), req.limit_bytes)
+        snapshot = await self._snapshot_source(req.source_snapshot) if req.source_snapshot else None
+        base = source.capacity if source else snapshot.capacity if snapshot else 0
+        size = volume_size(req.required_bytes or base, req.limit_bytes)
         if source is not None and size < source.capacity:
             raise OutOfRange(f"a clone of {source.name} needs at least its {source.capacity} bytes, not {size}")
+        if snapshot is not None and size < snapshot.capacity:
+            raise OutOfRange(
+                f"a restore of snapshot {snapshot.name} needs at least its {snapshot.capacity} bytes, not {size}"
+            )
         name = naming.object_name(req.name)
         lock = self._locks.setdefault(name, asyncio.Lock())
         try:
@@ -143,10 +158,13 @@ class Provisioner:
                 vol = await self._existing(name, req, params.pool)
                 if vol is None:
                     if source is not None:
-                        node = self._clone_node(source, params.pool, size, req)
+                        node = self._copy_node(source.owner_node, f"a clone of {source.name}", params.pool, size, req)
+                    elif snapshot is not None:
+                        what = f"a restore of snapshot {snapshot.name}"
+                        node = self._copy_node(snapshot.owner_node, what, params.pool, size, req)
                     else:
                         node = self._choose(params.pool, size, req, params.policy)
-                    vol = await self._create_object(name, req.name, node, params.pool, size, req.source_volume)
+                    vol = await self._create_object(name, req.name, node, params.pool, size, req)
                 return await self._outcome(vol)
         finally:
             if not lock.locked():
@@ -162,7 +180,10 @@ class Provisioner:
         if await self._withdrawn(vol):
             return None
         fits_range = vol.capacity >= req.required_bytes and (not req.limit_bytes or vol.capacity <= req.limit_bytes)
-        same_source = vol.annotations.get(c.CLONE_SOURCE_ANNOTATION, "") == req.source_volume
+        same_source = (
+            vol.annotations.get(c.CLONE_SOURCE_ANNOTATION, "") == req.source_volume
+            and vol.annotations.get(c.RESTORE_SOURCE_ANNOTATION, "") == req.source_snapshot
+        )
         if not same_source:
             raise AlreadyExists(f"volume {name} exists with another content source")
         if not fits_range or vol.pool != pool:
@@ -257,21 +278,33 @@ class Provisioner:
             )
         return vol
 
-    def _clone_node(self, source: DeviceVolume, pool: str, size: int, req: CreateRequest) -> str:
-        """A clone is carved on its source's node (the copy is local); say why when that node cannot take it."""
-        node = source.owner_node
+    async def _snapshot_source(self, snapshot_id: str) -> DeviceSnapshot:
+        snap = self._cluster.snapshots.get(snapshot_id) if naming.is_valid_volume_id(snapshot_id) else None
+        if snap is None and naming.is_valid_volume_id(snapshot_id):
+            raw = await self._store.get_snapshot(snapshot_id)
+            snap = snapshot_from_dict(raw) if raw is not None else None
+        if snap is None:
+            raise NotFound(f"source snapshot {snapshot_id} does not exist")
+        if snap.deleting or snap.state is not State.READY:
+            state = "being deleted" if snap.deleting else f"{snap.state.value}, not ready to use"
+            raise FailedPrecondition(f"source snapshot {snapshot_id} is {state}")
+        return snap
+
+    def _copy_node(self, node: str, what: str, pool: str, size: int, req: CreateRequest) -> str:
+        """A clone or a restore is carved on its source's node (the copy is local); say why when that node cannot
+        take it."""
         if req.requisite and not any(matches(self._node_labels(node), s) for s in req.requisite):
             raise ResourceExhausted(
-                f"a clone is made on its source's node {node}, which the requested topology excludes"
+                f"{what} is made on its source's node {node}, which the requested topology excludes"
             )
         why = self._cluster.agent_gone(node)
         if why is not None:
-            raise ResourceExhausted(f"a clone of {source.name} is made on node {node}, but {why}")
+            raise ResourceExhausted(f"{what} is made on node {node}, but {why}")
         if node not in self._cluster.nodes or not fits(self._cluster.node_state(node), pool, size):
             largest = pool_capacity(self._cluster.node_state(node), pool)[1] if node in self._cluster.nodes else 0
             raise ResourceExhausted(
-                f"node {node} (the source's) cannot fit a {size} byte clone in pool {pool!r}: largest free extent is"
-                f" {largest} bytes"
+                f"node {node} (the source's) cannot fit {what} of {size} bytes in pool {pool!r}: largest free extent"
+                f" is {largest} bytes"
             )
         return node
 
@@ -281,12 +314,15 @@ class Provisioner:
         return {c.TOPOLOGY_KEY: node}
 
     async def _create_object(
-        self, name: str, csi_name: str, node: str, pool: str, size: int, source: str = ""
+        self, name: str, csi_name: str, node: str, pool: str, size: int, req: CreateRequest
     ) -> DeviceVolume:
         self._cluster.reserve(name, node, pool, size)
         body = new_volume_body(name, self._store.namespace, node, pool, size, csi_name)
-        if source:
-            body["metadata"].setdefault("annotations", {})[c.CLONE_SOURCE_ANNOTATION] = source
+        annotations = body["metadata"].setdefault("annotations", {})
+        if req.source_volume:
+            annotations[c.CLONE_SOURCE_ANNOTATION] = req.source_volume
+        if req.source_snapshot:
+            annotations[c.RESTORE_SOURCE_ANNOTATION] = req.source_snapshot
         try:
             raw = await self._store.create_volume(body)
         except Exception:
@@ -313,6 +349,7 @@ class Provisioner:
             pool=final.pool,
             context={c.CTX_DEVICE_NAME: final.pool, c.CTX_CAS_TYPE: c.CAS_TYPE},
             source_volume=final.annotations.get(c.CLONE_SOURCE_ANNOTATION, ""),
+            source_snapshot=final.annotations.get(c.RESTORE_SOURCE_ANNOTATION, ""),
         )
 
     async def _wait_on_node(self, vol: DeviceVolume, pred: Callable[[DeviceVolume | None], bool], what: str) -> Any:

@@ -157,8 +157,9 @@ class CreateRequest:
     requisite: tuple[Segment, ...] = ()
     preferred: tuple[Segment, ...] = ()
     has_content_source: bool = False
-    source_volume: str = ""
-    has_mutable_parameters: bool = False  # the volume to clone (VolumeContentSource.volume), when that is the source
+    source_volume: str = ""  # the volume to clone (VolumeContentSource.volume), when that is the source
+    has_mutable_parameters: bool = False
+    source_snapshot: str = ""  # the snapshot to restore (VolumeContentSource.snapshot), when that is the source
 
 
 @dataclass(frozen=True)
@@ -169,3 +170,4 @@ class CreatedVolume:
     pool: str
     context: Mapping[str, str] = field(default_factory=dict)
     source_volume: str = ""
+    source_snapshot: str = ""

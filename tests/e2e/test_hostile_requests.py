@@ -219,7 +219,9 @@ def _mounts(env: Env) -> set[tuple[str, ...]]:
 
 
 def _objects(env: Env) -> dict[str, str]:
-    raw = env.cluster.api.kubectl("get", "devicevolumes,devicenodes,leases", "-n", "openebs", "-o", "json")
+    raw = env.cluster.api.kubectl(
+        "get", "devicevolumes,devicesnapshots,devicenodes,leases", "-n", "openebs", "-o", "json"
+    )
     out = {}
     for item in json.loads(raw)["items"]:
         meta = item["metadata"]
@@ -607,6 +609,18 @@ row(
     IA,
     "mutable",
 )
+for label, make in [
+    ("source-snapshot-nul", lambda env: "snapshot-\0"),
+    ("source-snapshot-names-a-volume", lambda env: env.vol.volume_id),
+]:
+    row(
+        *CV,
+        label,
+        lambda env, t, m=make: cv(volume_content_source=_from_snapshot(m(env))),
+        NF,
+        "snapshot",
+        needs="controller:CREATE_DELETE_SNAPSHOT",
+    )
 row(
     *CV,
     "source-snapshot-dotdot",
@@ -875,6 +889,109 @@ row(
     needs=EXPAND,
 )
 
+# CreateSnapshot, DeleteSnapshot, ListSnapshots -------------------------------------------------------------------
+CS = ("Controller", "CreateSnapshot")
+SNAP = "controller:CREATE_DELETE_SNAPSHOT"
+
+
+def cs(source: str, name: str = "", **extra: Any) -> Any:
+    return csi_pb2.CreateSnapshotRequest(source_volume_id=source, name=name or f"snapshot-{uuid.uuid4()}", **extra)
+
+
+row(
+    *CS,
+    "empty-name",
+    lambda env, t: csi_pb2.CreateSnapshotRequest(source_volume_id=env.vol.volume_id),
+    IA,
+    "name",
+    needs=SNAP,
+)
+row(*CS, "empty-source", lambda env, t: cs(""), IA, "source_volume_id", needs=SNAP)
+row(*CS, "name-1MiB", lambda env, t: cs(env.vol.volume_id, name=HUGE), IA, "name", needs=SNAP)
+row(*CS, "name-nul", lambda env, t: cs(env.vol.volume_id, name="snap\0shot"), IA, "name", needs=SNAP)
+row(*CS, "source-1MiB", lambda env, t: cs(HUGE), IA, "source_volume_id", needs=SNAP)
+for label, make in [
+    ("source-dotdot", lambda env: "../" + env.vol.volume_id),
+    ("source-nul", lambda env: env.vol.volume_id + "\0"),
+    ("source-lookalike", lambda env: _lookalike(env.vol.volume_id)),
+    ("source-upper-case", lambda env: env.vol.volume_id.upper()),
+    ("source-names-a-devicenode", lambda env: NODE),
+]:
+    row(*CS, label, lambda env, t, m=make: cs(m(env)), NF, "source", "exist", needs=SNAP)
+row(
+    *CS,
+    "unknown-parameter",
+    lambda env, t: cs(env.vol.volume_id, parameters={"devname": "../../etc"}),
+    IA,
+    "parameter",
+    needs=SNAP,
+)
+row(
+    *CS,
+    "parameter-key-nul",
+    lambda env, t: cs(env.vol.volume_id, parameters={"a\0b": "x"}),
+    IA,
+    "parameter",
+    needs=SNAP,
+)
+row(
+    *CS,
+    "secrets-unknown-source",
+    lambda env, t: cs(f"pvc-{uuid.uuid4()}", secrets={"password": SECRET}),
+    NF,
+    "source",
+    needs=SNAP,
+)
+row(*CS, "sent-to-the-agent", lambda env, t: cs(env.vol.volume_id), UN, endpoint="node")
+
+DS = ("Controller", "DeleteSnapshot")
+row(*DS, "empty-id", lambda env, t: csi_pb2.DeleteSnapshotRequest(), IA, "snapshot_id", needs=SNAP)
+row(*DS, "id-1MiB", lambda env, t: csi_pb2.DeleteSnapshotRequest(snapshot_id=HUGE), IA, "snapshot_id", needs=SNAP)
+for label, make in [
+    ("id-nul", lambda env: "snapshot-\0"),
+    ("id-dotdot", lambda env: "../../etc/passwd"),
+    ("id-unknown", lambda env: f"snapshot-{uuid.uuid4()}"),
+    # A volume's id is no snapshot's: the volume stays (the table checks every object and partition).
+    ("id-names-a-volume", lambda env: env.vol.volume_id),
+    ("id-names-a-devicenode", lambda env: NODE),
+]:
+    row(*DS, label, lambda env, t, m=make: csi_pb2.DeleteSnapshotRequest(snapshot_id=m(env)), OK, needs=SNAP)
+
+LS = ("Controller", "ListSnapshots")
+LIST_SNAP = "controller:LIST_SNAPSHOTS"
+NOTHING = _expect(lambda env, r: not r.entries and not r.next_token, "no entries")
+row(
+    *LS,
+    "token-nul",
+    lambda env, t: csi_pb2.ListSnapshotsRequest(starting_token="v1:\0"),
+    AB,
+    "starting_token",
+    needs=LIST_SNAP,
+)
+row(
+    *LS,
+    "token-1MiB",
+    lambda env, t: csi_pb2.ListSnapshotsRequest(starting_token=HUGE),
+    AB,
+    "starting_token",
+    needs=LIST_SNAP,
+)
+row(
+    *LS,
+    "max-entries-negative",
+    lambda env, t: csi_pb2.ListSnapshotsRequest(max_entries=-1),
+    IA,
+    "max_entries",
+    needs=LIST_SNAP,
+)
+for label, build in [
+    ("id-dotdot", lambda env: csi_pb2.ListSnapshotsRequest(snapshot_id="../" + env.vol.volume_id)),
+    ("id-names-a-volume", lambda env: csi_pb2.ListSnapshotsRequest(snapshot_id=env.vol.volume_id)),
+    ("source-nul", lambda env: csi_pb2.ListSnapshotsRequest(source_volume_id=env.vol.volume_id + "\0")),
+    ("source-unknown", lambda env: csi_pb2.ListSnapshotsRequest(source_volume_id=f"pvc-{uuid.uuid4()}")),
+]:
+    row(*LS, label, lambda env, t, b=build: b(env), OK, needs=LIST_SNAP, check=NOTHING)
+
 # Controller RPCs the driver does not offer: UNIMPLEMENTED, whatever they carry.
 for rpc, cap, build in [
     (
@@ -888,17 +1005,6 @@ for rpc, cap, build in [
         "ControllerUnpublishVolume",
         "PUBLISH_UNPUBLISH_VOLUME",
         lambda env, t: csi_pb2.ControllerUnpublishVolumeRequest(volume_id=env.vol.volume_id, node_id=NODE),
-    ),
-    (
-        "CreateSnapshot",
-        "CREATE_DELETE_SNAPSHOT",
-        lambda env, t: csi_pb2.CreateSnapshotRequest(source_volume_id=env.vol.volume_id, name="../../snap"),
-    ),
-    ("DeleteSnapshot", "CREATE_DELETE_SNAPSHOT", lambda env, t: csi_pb2.DeleteSnapshotRequest(snapshot_id=HUGE)),
-    (
-        "ListSnapshots",
-        "LIST_SNAPSHOTS",
-        lambda env, t: csi_pb2.ListSnapshotsRequest(source_volume_id=env.vol.volume_id, starting_token="\0"),
     ),
     ("GetSnapshot", "GET_SNAPSHOT", lambda env, t: csi_pb2.GetSnapshotRequest(snapshot_id="../" + env.vol.volume_id)),
     (
@@ -1273,6 +1379,9 @@ def _cleanup_accepted(env: Env, case: Case, request: Message | bytes, response: 
     """Undo an operation that succeeded although it should not have."""
     if case.rpc == "CreateVolume" and response is not None and response.volume.volume_id:
         _stub_call(env.channels["controller"], "Controller", "DeleteVolume", dv(response.volume.volume_id))
+    if case.rpc == "CreateSnapshot" and response is not None and response.snapshot.snapshot_id:
+        req = csi_pb2.DeleteSnapshotRequest(snapshot_id=response.snapshot.snapshot_id)
+        _stub_call(env.channels["controller"], "Controller", "DeleteSnapshot", req)
     if case.rpc == "NodePublishVolume":
         req = csi_pb2.NodePublishVolumeRequest.FromString(request) if isinstance(request, bytes) else request
         if req.target_path != env.published:

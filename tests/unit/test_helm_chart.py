@@ -285,7 +285,11 @@ def test_crds_only_come_from_crds_dir(helm: str) -> None:
     with_crds = _render(helm)
     without = _parse(_check([helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE]), "helm template")
     crds = {k for k in with_crds if k[1] == "CustomResourceDefinition"}
-    assert {k[3] for k in crds} == {"devicevolumes.local.openebs.io", "devicenodes.local.openebs.io"}
+    assert {k[3] for k in crds} == {
+        "devicevolumes.local.openebs.io",
+        "devicenodes.local.openebs.io",
+        "devicesnapshots.local.openebs.io",
+    }
     assert without.keys() == with_crds.keys() - crds
 
 

@@ -1,0 +1,80 @@
+"""What volumes and snapshots share on the agent: carving a partition best-fit, and reporting a copy's progress."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from csidriver.api import constants as c
+from csidriver.host.disks import PoolDisk
+from csidriver.host.partitions import InsufficientCapacity, Partition, PartitionManager
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NoRoom:
+    """Why no usable disk of the pool could hold the partition."""
+
+    reason: str
+
+
+async def carve(
+    parts: PartitionManager,
+    disks: Sequence[PoolDisk],
+    skip: set[str],
+    node: str,
+    pool: str,
+    name: str,
+    size: int,
+) -> tuple[Partition, str] | NoRoom:
+    """Create partition `name` of `size` bytes on the pool disk whose largest free extent is the smallest that
+    still holds it (best fit), never on a disk whose GUID is in `skip` (cordoned). Returns the partition and its
+    disk's GUID, or why it cannot be made."""
+    usable = [d for d in disks if d.guid.upper() not in skip]
+    order = sorted(usable, key=lambda d: (d.largest_extent < size, d.largest_extent, d.guid))
+    largest = 0
+    for disk in order:
+        try:
+            return await parts.create(disk.path, pool, name, size), disk.guid
+        except InsufficientCapacity as e:
+            largest = max(largest, e.largest_extent)
+    if not usable:
+        return NoRoom(f"node {node} has no usable (present, not cordoned) disk in pool {pool!r}")
+    return NoRoom(f"pool {pool!r} on node {node} cannot fit {size} bytes: largest free extent is {largest} bytes")
+
+
+@contextlib.asynccontextmanager
+async def copy_progress(
+    report: Callable[[int], Awaitable[object]], every: float = c.COPY_PROGRESS_SECONDS
+) -> AsyncIterator[Callable[[int], None]]:
+    """Yields the callback a copy calls (from its thread) with the bytes copied so far; meanwhile `report` is
+    awaited with the latest count every `every` seconds when it changed (status.copiedBytes). Reporting is best
+    effort: a failed report is logged, never fatal to the copy."""
+    latest = [0]
+    reported = 0
+
+    def seen(done: int) -> None:
+        latest[0] = done  # one int written by the copy's thread, read by the loop: no lock needed
+
+    async def loop() -> None:
+        nonlocal reported
+        while True:
+            await asyncio.sleep(every)
+            if latest[0] != reported:
+                reported = latest[0]
+                try:
+                    await report(reported)
+                except Exception as e:
+                    log.debug("copy progress not reported: %s", e)
+
+    task = asyncio.create_task(loop())
+    try:
+        yield seen
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
