@@ -149,6 +149,9 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(until_stopped(stop))
+            # First of all: a copy (clone, snapshot, restore) cut short by a crash must not leave its source frozen,
+            # and the agent reads ready only once it is thawed.
+            await partitions.thaw_leftovers()
             found, owner = await _node_identity(kube, settings)
             topology.update(found)
             if settings.registration_dir:
@@ -211,7 +214,6 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             informer.subscribe(left)
             metrics.add_collector(lambda: _queue_metrics(queue))
             await _first_scan(reporter)
-            await partitions.thaw_leftovers()  # a clone's copy cut short by a crash must not leave its source frozen
             # Alive for the controller's scheduling only from here: its DeviceNode is written.
             tg.create_task(
                 Heartbeat(api, settings.namespace, settings.node_id, settings.heartbeat_seconds, owner).run()

@@ -151,7 +151,7 @@ def test_clone_requests_that_cannot_be_served(cluster: Cluster, clone_node: tupl
         )
         snap.volume_content_source.snapshot.snapshot_id = "snap-1"
         got, msg = code_of(lambda: csi_pb2_grpc.ControllerStub(cluster.controller_channel).CreateVolume(snap))
-        assert got == C.INVALID_ARGUMENT and "snapshot" in msg, msg
+        assert got == C.NOT_FOUND and "snapshot snap-1 does not exist" in msg, msg
     finally:
         unpublish(node_ch, raw.volume_id, raw_target)
         for v in (raw.volume_id, source.volume_id):
