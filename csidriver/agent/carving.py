@@ -30,16 +30,27 @@ async def carve(
     pool: str,
     name: str,
     size: int,
+    room_to_grow: bool = False,
 ) -> tuple[Partition, str] | NoRoom:
     """Create partition `name` of `size` bytes on the pool disk whose largest free extent is the smallest that
-    still holds it (best fit), never on a disk whose GUID is in `skip` (cordoned). Returns the partition and its
-    disk's GUID, or why it cannot be made."""
+    still holds it (best fit), or with `room_to_grow` one with room for it to double (`roomy_fit`), never on a
+    disk whose GUID is in `skip` (cordoned). Returns the partition and its disk's GUID, or why it cannot be made."""
     usable = [d for d in disks if d.guid.upper() not in skip]
-    order = sorted(usable, key=lambda d: (d.largest_extent < size, d.largest_extent, d.guid))
+    if room_to_grow:  # the disk whose smallest extent holding twice the size is smallest, else the roomiest
+        order = sorted(
+            usable,
+            key=lambda d: (
+                d.largest_extent < 2 * size,
+                d.largest_extent if d.largest_extent >= 2 * size else -d.largest_extent,
+                d.guid,
+            ),
+        )
+    else:
+        order = sorted(usable, key=lambda d: (d.largest_extent < size, d.largest_extent, d.guid))
     largest = 0
     for disk in order:
         try:
-            return await parts.create(disk.path, pool, name, size), disk.guid
+            return await parts.create(disk.path, pool, name, size, room_to_grow=room_to_grow), disk.guid
         except InsufficientCapacity as e:
             largest = max(largest, e.largest_extent)
     if not usable:

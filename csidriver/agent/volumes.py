@@ -370,8 +370,9 @@ class VolumeReconciler:
     async def _carve(
         self, vol: DeviceVolume, raw: Mapping[str, Any], disks: list[PoolDisk], pname: str
     ) -> tuple[Partition, str] | None:
-        # Best fit, never on a disk an operator cordoned.
-        made = await carve(self._parts, disks, self._cordoned(), self._node, vol.pool, pname, vol.capacity)
+        # Best fit (or room to grow, when its StorageClass asks), never on a disk an operator cordoned.
+        roomy = vol.annotations.get(c.PLACEMENT_ANNOTATION) == c.PLACEMENT_ROOM_TO_GROW
+        made = await carve(self._parts, disks, self._cordoned(), self._node, vol.pool, pname, vol.capacity, roomy)
         if isinstance(made, NoRoom):
             await self._reporter.refresh()  # what the controller believed was stale: correct it before reporting
             await self._fail(vol, raw, ErrorCode.INSUFFICIENT_CAPACITY, made.reason)

@@ -53,3 +53,8 @@ CLONE_SOURCE_ANNOTATION = "local.openebs.io/clone-of"
 RESTORE_SOURCE_ANNOTATION = "local.openebs.io/restored-from"
 # Seconds between progress reports (status.copiedBytes) of a copy in progress (a clone, a snapshot, a restore).
 COPY_PROGRESS_SECONDS = 2.0
+# Set by the controller on a volume whose StorageClass has `placement: RoomToGrow`: its agent carves it where it
+# leaves the most room to grow in place (worst fit) instead of best fit. Absent means best fit.
+PLACEMENT_ANNOTATION = "local.openebs.io/placement"
+PLACEMENT_BEST_FIT = "BestFit"
+PLACEMENT_ROOM_TO_GROW = "RoomToGrow"

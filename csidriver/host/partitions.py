@@ -96,6 +96,32 @@ def best_fit(table: DiskTable, size: int) -> Extent:
     return min(fits, key=lambda e: (e.size_bytes, e.start_bytes))
 
 
+def roomy_fit(table: DiskTable, size: int) -> Extent:
+    """Room to grow: the smallest aligned free extent that holds twice ``size`` (room for the new partition to
+    double in place), else the largest that holds it. Partitions grow only forward: after a volume, the new
+    partition is placed so that the volume before it keeps room to double too (up to half the spare room); right
+    after the meta partition, or at the start of the disk, at the extent's start."""
+    extents = free_extents(table, MIB)
+    largest = max((e.size_bytes for e in extents), default=0)
+    if len(table.partitions) >= table.table_length:
+        raise InsufficientCapacity(largest, size, "no free GPT entry")
+    fits = [e for e in extents if e.size_bytes >= size]
+    if not fits:
+        raise InsufficientCapacity(largest, size)
+    roomy = [e for e in fits if e.size_bytes >= 2 * size]
+    if roomy:
+        extent = min(roomy, key=lambda e: (e.size_bytes, e.start_bytes))
+    else:
+        extent = max(fits, key=lambda e: (e.size_bytes, -e.start_bytes))
+    sector = table.sector_size
+    before = [p for p in table.partitions if (p.start + p.size) * sector <= extent.start_bytes]
+    prev = max(before, key=lambda p: p.start + p.size, default=None)
+    offset = 0
+    if prev is not None and prev.number != 1:
+        offset = min((extent.size_bytes - size) // 2, prev.size * sector) // MIB * MIB
+    return Extent(extent.start_bytes + offset, extent.size_bytes - offset)
+
+
 class PartitionManager:
     def __init__(
         self,
@@ -127,8 +153,10 @@ class PartitionManager:
                 return disk, entry
         return None
 
-    async def create(self, disk_path: str, pool: str, name: str, size: int) -> Partition:
-        """Find-or-create partition ``name`` of at least ``size`` bytes (rounded up to 1 MiB)."""
+    async def create(self, disk_path: str, pool: str, name: str, size: int, *, room_to_grow: bool = False) -> Partition:
+        """Find-or-create partition ``name`` of at least ``size`` bytes (rounded up to 1 MiB): in the smallest free
+        extent that holds it (best fit), or with ``room_to_grow`` where it leaves the most room to grow in place
+        (``roomy_fit``)."""
         validate_name(name)
         if size <= 0:
             raise ValueError(f"size must be positive, got {size}")
@@ -136,7 +164,7 @@ class PartitionManager:
         disk = await asyncio.to_thread(os.path.realpath, disk_path)
         async with self._locked(disk):
             table = _require_pool(disk, pool, await self._read(disk), name)
-            entry = named(table, name) or await self._append(disk, table, name, want)
+            entry = named(table, name) or await self._append(disk, table, name, want, room_to_grow)
             return await self._activate(disk, table.sector_size, entry)
 
     async def grow(self, disk_path: str, pool: str, name: str, size: int) -> Partition:
@@ -271,8 +299,10 @@ class PartitionManager:
             return None
         raise CommandError(done.argv, done.returncode, done.stderr)
 
-    async def _append(self, disk: str, table: DiskTable, name: str, size: int) -> PartitionEntry:
-        extent = best_fit(table, size)
+    async def _append(
+        self, disk: str, table: DiskTable, name: str, size: int, room_to_grow: bool = False
+    ) -> PartitionEntry:
+        extent = roomy_fit(table, size) if room_to_grow else best_fit(table, size)
         sector = table.sector_size
         start = extent.start_bytes // sector
         script = f'start={start}, size={size // sector}, type={LINUX_FS_TYPE}, name="{name}"\n'

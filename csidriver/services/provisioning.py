@@ -164,7 +164,7 @@ class Provisioner:
                         node = self._copy_node(snapshot.owner_node, what, params.pool, size, req)
                     else:
                         node = self._choose(params.pool, size, req, params.policy)
-                    vol = await self._create_object(name, req.name, node, params.pool, size, req)
+                    vol = await self._create_object(name, req.name, node, params.pool, size, req, params.room_to_grow)
                 return await self._outcome(vol)
         finally:
             if not lock.locked():
@@ -314,7 +314,7 @@ class Provisioner:
         return {c.TOPOLOGY_KEY: node}
 
     async def _create_object(
-        self, name: str, csi_name: str, node: str, pool: str, size: int, req: CreateRequest
+        self, name: str, csi_name: str, node: str, pool: str, size: int, req: CreateRequest, roomy: bool = False
     ) -> DeviceVolume:
         self._cluster.reserve(name, node, pool, size)
         body = new_volume_body(name, self._store.namespace, node, pool, size, csi_name)
@@ -323,6 +323,8 @@ class Provisioner:
             annotations[c.CLONE_SOURCE_ANNOTATION] = req.source_volume
         if req.source_snapshot:
             annotations[c.RESTORE_SOURCE_ANNOTATION] = req.source_snapshot
+        if roomy:
+            annotations[c.PLACEMENT_ANNOTATION] = c.PLACEMENT_ROOM_TO_GROW
         try:
             raw = await self._store.create_volume(body)
         except Exception:

@@ -73,11 +73,14 @@ def check_capabilities(caps: tuple[Capability, ...]) -> None:
 class VolumeParams:
     pool: str
     policy: Policy
+    room_to_grow: bool = False  # placement: RoomToGrow (worst fit) rather than BestFit
 
 
 PARAM_POOL = "devname"
 PARAM_SCHEDULER = "scheduler"
-KNOWN_PARAMS = (PARAM_POOL, PARAM_SCHEDULER)
+PARAM_PLACEMENT = "placement"
+KNOWN_PARAMS = (PARAM_POOL, PARAM_SCHEDULER, PARAM_PLACEMENT)
+_PLACEMENTS = {p.lower(): p for p in (c.PLACEMENT_BEST_FIT, c.PLACEMENT_ROOM_TO_GROW)}
 # Keys the external-provisioner adds (--extra-create-metadata) or passes through.
 _PASSTHROUGH_PREFIX = "csi.storage.k8s.io/"
 
@@ -103,7 +106,12 @@ def parse_params(params: Mapping[str, str]) -> VolumeParams:
         policy = Policy.parse(seen.get(PARAM_SCHEDULER, ""))
     except ValueError as e:
         raise InvalidArgument(str(e)) from e
-    return VolumeParams(pool=pool, policy=policy)
+    placement = _PLACEMENTS.get(seen.get(PARAM_PLACEMENT, c.PLACEMENT_BEST_FIT).lower())
+    if placement is None:
+        raise InvalidArgument(
+            f"placement {seen[PARAM_PLACEMENT]!r} is invalid: valid placements are {', '.join(_PLACEMENTS.values())}"
+        )
+    return VolumeParams(pool=pool, policy=policy, room_to_grow=placement == c.PLACEMENT_ROOM_TO_GROW)
 
 
 def volume_size(required: int, limit: int) -> int:

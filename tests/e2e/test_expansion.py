@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import time
 import uuid
@@ -168,3 +169,63 @@ def test_bad_expansion_requests(cluster: Cluster, grow_node: tuple[Process, Loop
     unknown = "pvc-" + str(uuid.uuid4())
     assert code_of(lambda: _node_expand(agent, unknown, str(cluster.workdir / "nowhere"), MIB))[0] == C.NOT_FOUND
     assert code_of(lambda: _node_expand(agent, "pvc-x", "/etc", MIB))[0] == C.NOT_FOUND  # no such volume here
+
+
+def _extent(disk: LoopDisk, volume_id: str) -> tuple[int, int]:
+    """(start, end) in bytes of a volume's partition on the node's disk."""
+    entry = next(p for p in partitions(disk.device) if p["name"] == volume_id.removeprefix("pvc-"))
+    return int(entry["start"]) * 512, (int(entry["start"]) + int(entry["size"])) * 512
+
+
+def test_room_to_grow_placement_and_an_agent_killed_at_random_moments_of_a_growth(
+    cluster: Cluster, grow_node: tuple[Process, LoopDisk]
+) -> None:
+    """StorageClass `placement: RoomToGrow`: the volume carved after another leaves it room to double, so both can
+    grow in place. Then the agent is SIGKILLed at seeded random moments of three growths: each completes after the
+    restart, with the data kept and no partition added."""
+    _, disk = grow_node
+    params = {"devname": "ssd", "placement": "RoomToGrow"}
+    first = create(cluster.controller_channel, f"pvc-{uuid.uuid4()}", 64 * MIB, params, block_cap(), requisite=[TOPO])
+    second = create(cluster.controller_channel, f"pvc-{uuid.uuid4()}", 64 * MIB, params, block_cap(), requisite=[TOPO])
+    try:
+        a_start, a_end = _extent(disk, first.volume_id)
+        b_start, b_end = _extent(disk, second.volume_id)
+        room_a = (b_start - a_end) if b_start > a_start else None
+        room_b = (a_start - b_end) if a_start > b_start else None
+        assert (room_a or room_b or 0) >= 64 * MIB, (a_start, a_end, b_start, b_end)
+        grower = first if room_a is not None else second
+        device = next(str(p["node"]) for p in partitions(disk.device) if p["name"] == grower.volume_id[4:])
+        data = os.urandom(64 * MIB)
+        with open(device, "r+b") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        layout = {p["name"] for p in partitions(disk.device)}
+        rng = random.Random(11)
+        for size in (80 * MIB, 104 * MIB, 128 * MIB):
+            ctl = csi_pb2_grpc.ControllerStub(cluster.controller_channel)
+            req = csi_pb2.ControllerExpandVolumeRequest(
+                volume_id=grower.volume_id,
+                capacity_range=csi_pb2.CapacityRange(required_bytes=size),
+                volume_capability=block_cap(),
+            )
+            call = ctl.ControllerExpandVolume.future(req, timeout=60)
+            delay = rng.uniform(0.0, 0.1)
+            time.sleep(delay)
+            cluster.driver.processes["agent-" + NODE].kill()
+            cluster.driver.agent(NODE, [disk.device]).wait_ready()
+            try:
+                got = call.result().capacity_bytes
+            except grpc.RpcError as e:
+                assert e.code() in (C.UNAVAILABLE, C.DEADLINE_EXCEEDED), e
+                got = ctl.ControllerExpandVolume(req, timeout=60).capacity_bytes
+            print(f"growth to {size // MIB} MiB: agent killed after {delay * 1000:.0f} ms")
+            assert got == size
+            start, end = _extent(disk, grower.volume_id)
+            assert end - start == size and _status(cluster, grower.volume_id)["capacityBytes"] == size
+            with open(device, "rb") as f:
+                assert f.read(len(data)) == data
+        assert {p["name"] for p in partitions(disk.device)} == layout
+    finally:
+        for v in (first, second):
+            delete(cluster.controller_channel, v.volume_id)

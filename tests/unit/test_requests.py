@@ -31,7 +31,10 @@ def test_params_accepted(params: dict[str, str], pool: str, policy: Policy) -> N
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"devname": "ssd", "fsType": "ext4"}, "unknown parameter 'fsType'; valid parameters are: devname, scheduler"),
+        (
+            {"devname": "ssd", "fsType": "ext4"},
+            "unknown parameter 'fsType'; valid parameters are: devname, scheduler, placement",
+        ),
         ({}, "parameter 'devname' (the pool name) is required"),
         ({"devname": "a" * 37}, "is invalid"),
         ({"devname": "ssd two"}, "is invalid"),
