@@ -28,6 +28,7 @@ _CAPS = (
     _Rpc.CLONE_VOLUME,
     _Rpc.CREATE_DELETE_SNAPSHOT,
     _Rpc.LIST_SNAPSHOTS,
+    _Rpc.GET_SNAPSHOT,
 )
 
 
@@ -162,6 +163,10 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
             entries=[csi_pb2.ListSnapshotsResponse.Entry(snapshot=_snapshot(s)) for s in found],
             next_token=next_token,
         )
+
+    @rpc
+    async def GetSnapshot(self, request: csi_pb2.GetSnapshotRequest, context: Ctx) -> csi_pb2.GetSnapshotResponse:
+        return csi_pb2.GetSnapshotResponse(snapshot=_snapshot(self._snaps.get(request.snapshot_id)))
 
     @rpc
     async def ControllerGetCapabilities(self, request: Any, context: Ctx) -> csi_pb2.ControllerGetCapabilitiesResponse:

@@ -286,3 +286,14 @@ class Snapshotter:
             names = names[:max_entries]
             next_token = page_token(names[-1])
         return [info(self._cluster.snapshots[n]) for n in names], next_token
+
+    # -- GetSnapshot ---------------------------------------------------------------------------------------------
+    def get(self, snapshot_id: str) -> SnapshotInfo:
+        """One snapshot from the cache (a Pending one reads ready_to_use=false); NOT_FOUND when unknown, failed or
+        being deleted."""
+        if not snapshot_id:
+            raise InvalidArgument("snapshot_id must not be empty")
+        snap = self._cluster.snapshots.get(snapshot_id) if naming.is_valid_volume_id(snapshot_id) else None
+        if snap is None or snap.deleting or snap.state is State.FAILED:
+            raise NotFound(f"snapshot {snapshot_id} does not exist")
+        return info(snap)

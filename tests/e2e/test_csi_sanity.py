@@ -59,4 +59,4 @@ def test_csi_sanity(cluster: Cluster, go_tools: Tools, sanity_agent: str, access
     failures = int(suite.get("failures", "0")) + int(suite.get("errors", "0"))
     assert failures == 0, tail
     ran = int(suite.get("tests", "0")) - int(suite.get("skipped", "0")) - int(suite.get("disabled", "0"))
-    assert ran >= 46, f"only {ran} specs ran"
+    assert ran >= 66, f"only {ran} specs ran"

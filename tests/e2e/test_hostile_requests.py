@@ -992,6 +992,26 @@ for label, build in [
 ]:
     row(*LS, label, lambda env, t, b=build: b(env), OK, needs=LIST_SNAP, check=NOTHING)
 
+GS = ("Controller", "GetSnapshot")
+GET_SNAP = "controller:GET_SNAPSHOT"
+row(*GS, "empty-id", lambda env, t: csi_pb2.GetSnapshotRequest(), IA, "snapshot_id", needs=GET_SNAP)
+row(*GS, "id-1MiB", lambda env, t: csi_pb2.GetSnapshotRequest(snapshot_id=HUGE), IA, "snapshot_id", needs=GET_SNAP)
+for label, make in [
+    ("id-dotdot", lambda env: "../" + env.vol.volume_id),
+    ("id-nul", lambda env: "snapshot-\0"),
+    ("id-names-a-volume", lambda env: env.vol.volume_id),
+    ("id-secrets", lambda env: f"snapshot-{uuid.uuid4()}"),
+]:
+    row(
+        *GS,
+        label,
+        lambda env, t, m=make: csi_pb2.GetSnapshotRequest(snapshot_id=m(env), secrets={"password": SECRET}),
+        NF,
+        "snapshot",
+        "exist",
+        needs=GET_SNAP,
+    )
+
 # Controller RPCs the driver does not offer: UNIMPLEMENTED, whatever they carry.
 for rpc, cap, build in [
     (
@@ -1006,7 +1026,6 @@ for rpc, cap, build in [
         "PUBLISH_UNPUBLISH_VOLUME",
         lambda env, t: csi_pb2.ControllerUnpublishVolumeRequest(volume_id=env.vol.volume_id, node_id=NODE),
     ),
-    ("GetSnapshot", "GET_SNAPSHOT", lambda env, t: csi_pb2.GetSnapshotRequest(snapshot_id="../" + env.vol.volume_id)),
     (
         "ControllerModifyVolume",
         "MODIFY_VOLUME",

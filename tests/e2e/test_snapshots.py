@@ -145,6 +145,8 @@ def test_snapshot_of_a_mounted_filesystem_is_a_point_in_time_copy(
         made.append(vol.volume_id)
         listed = _ctl(cluster).ListSnapshots(csi_pb2.ListSnapshotsRequest(snapshot_id=snap.snapshot_id)).entries
         assert [e.snapshot.snapshot_id for e in listed] == [snap.snapshot_id] and listed[0].snapshot.ready_to_use
+        got = _ctl(cluster).GetSnapshot(csi_pb2.GetSnapshotRequest(snapshot_id=snap.snapshot_id)).snapshot
+        assert got == listed[0].snapshot
     finally:
         unpublish(node_ch, source.volume_id, src_target)
         for v in [*made, source.volume_id]:
