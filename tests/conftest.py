@@ -33,7 +33,7 @@ def _e2e_possible() -> str | None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     why = _e2e_possible()
     for item in items:
-        if any(part in str(item.fspath) for part in ("/e2e/", "/k8s/", "/node/", "/bench/")):
+        if any(part in str(item.fspath) for part in ("/e2e/", "/k8s/", "/node/", "/bench/", "/contract/")):
             item.add_marker(pytest.mark.e2e)
             if why:
                 item.add_marker(pytest.mark.skip(reason=why))

@@ -8,9 +8,10 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from csidriver.agent.ports import Partitions
 from csidriver.api import constants as c
 from csidriver.host.disks import PoolDisk
-from csidriver.host.partitions import InsufficientCapacity, Partition, PartitionManager
+from csidriver.host.partitions import InsufficientCapacity, Partition
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ class NoRoom:
 
 
 async def carve(
-    parts: PartitionManager,
+    parts: Partitions,
     disks: Sequence[PoolDisk],
     skip: set[str],
     node: str,

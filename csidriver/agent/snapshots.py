@@ -19,7 +19,7 @@ from typing import Any
 
 from csidriver.agent.brake import DeletionBrake
 from csidriver.agent.carving import NoRoom, carve, copy_progress
-from csidriver.agent.reporter import NodeReporter
+from csidriver.agent.ports import Inventory, Partitions, SnapshotObjects
 from csidriver.agent.workqueue import Retry
 from csidriver.api import constants as c
 from csidriver.api import naming
@@ -34,9 +34,9 @@ from csidriver.api.objects import (
 )
 from csidriver.host.clone import SourceBusy
 from csidriver.host.disks import PoolDisk
-from csidriver.host.partitions import NotAPoolDisk, Partition, PartitionBusy, PartitionError, PartitionManager
+from csidriver.host.partitions import NotAPoolDisk, Partition, PartitionBusy, PartitionError
 from csidriver.host.runner import CommandError
-from csidriver.kube.resources import Conflict, Gone, Kube
+from csidriver.kube.resources import Conflict, Gone
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +58,11 @@ def _condition(kind: str, ok: bool, reason: str, message: str) -> dict[str, Any]
 class SnapshotReconciler:
     def __init__(
         self,
-        kube: Kube,
+        kube: SnapshotObjects,
         cache: Mapping[str, Mapping[str, Any]],
         volumes: Mapping[str, Mapping[str, Any]],
-        partitions: PartitionManager,
-        reporter: NodeReporter,
+        partitions: Partitions,
+        reporter: Inventory,
         node_id: str,
         brake: DeletionBrake,
         cordoned: Callable[[], set[str]] = set,
@@ -152,7 +152,9 @@ class SnapshotReconciler:
             await self._fail(snap, raw, ErrorCode.INTERNAL, why)
             return
         if c.FINALIZER not in snap.finalizers:
-            await self._kube.add_finalizer(snap.name, snap.finalizers, c.FINALIZER, c.SNAPSHOT_PLURAL)
+            await self._kube.add_finalizer(
+                snap.name, snap.finalizers, c.FINALIZER, c.SNAPSHOT_PLURAL, snap.resource_version
+            )
         pname = naming.snapshot_partition_name(snap.name)
         disks = self._pool_disks(snap.pool)
         found = await self._parts.find(disks, pname)

@@ -17,7 +17,7 @@ from typing import Any
 
 from csidriver.agent.brake import DeletionBrake
 from csidriver.agent.carving import NoRoom, carve, copy_progress
-from csidriver.agent.reporter import NodeReporter
+from csidriver.agent.ports import Inventory, Partitions, VolumeObjects
 from csidriver.agent.workqueue import Retry
 from csidriver.api import constants as c
 from csidriver.api import naming
@@ -38,10 +38,9 @@ from csidriver.host.partitions import (
     Partition,
     PartitionBusy,
     PartitionError,
-    PartitionManager,
 )
 from csidriver.host.runner import CommandError
-from csidriver.kube.resources import Conflict, Gone, Kube
+from csidriver.kube.resources import Conflict, Gone
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +91,10 @@ def _with(vol: DeviceVolume, cond: dict[str, Any]) -> list[dict[str, Any]]:
 class VolumeReconciler:
     def __init__(
         self,
-        kube: Kube,
+        kube: VolumeObjects,
         cache: Mapping[str, Mapping[str, Any]],
-        partitions: PartitionManager,
-        reporter: NodeReporter,
+        partitions: Partitions,
+        reporter: Inventory,
         node_id: str,
         brake: DeletionBrake,
         cordoned: Callable[[], set[str]] = set,
@@ -263,7 +262,7 @@ class VolumeReconciler:
             await self._fail(vol, raw, ErrorCode.INTERNAL, why)
             return
         if c.FINALIZER not in vol.finalizers:
-            await self._kube.add_finalizer(vol.name, vol.finalizers, c.FINALIZER)
+            await self._kube.add_finalizer(vol.name, vol.finalizers, c.FINALIZER, resource_version=vol.resource_version)
         pname = naming.partition_name(vol.name)
         disks = self._pool_disks(vol.pool)
         found = await self._parts.find(disks, pname)

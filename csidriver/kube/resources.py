@@ -188,9 +188,17 @@ class Kube:
         return obj
 
     async def add_finalizer(
-        self, name: str, finalizers: tuple[str, ...], finalizer: str, plural: str = c.VOLUME_PLURAL
+        self,
+        name: str,
+        finalizers: tuple[str, ...],
+        finalizer: str,
+        plural: str = c.VOLUME_PLURAL,
+        resource_version: str = "",
     ) -> Obj:
-        """On a DeviceVolume, or another kind of ours by its plural."""
+        """On a DeviceVolume, or another kind of ours by its plural; a Conflict unless the object's finalizers are
+        still `finalizers`. An empty list cannot be tested in a JSON patch (a missing member fails `test`, and `add`
+        would replace a list that appeared meanwhile), so then the object's version is tested instead: the
+        `resource_version` the caller read, or one read here."""
         ops: list[dict[str, Any]]
         if finalizers:
             ops = [
@@ -198,7 +206,16 @@ class Kube:
                 {"op": "add", "path": "/metadata/finalizers/-", "value": finalizer},
             ]
         else:
-            ops = [{"op": "add", "path": "/metadata/finalizers", "value": [finalizer]}]
+            if not resource_version:
+                version = c.VERSION if plural == c.SNAPSHOT_PLURAL else ""
+                current: Obj = await self._call("get_namespaced_custom_object", plural, name, version=version)
+                if current["metadata"].get("finalizers"):
+                    raise Conflict(f"{name}: finalizers changed")
+                resource_version = str(current["metadata"]["resourceVersion"])
+            ops = [
+                {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version},
+                {"op": "add", "path": "/metadata/finalizers", "value": [finalizer]},
+            ]
         return await self._json_patch(name, ops, plural)
 
     async def remove_finalizer(
