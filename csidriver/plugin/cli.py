@@ -23,11 +23,12 @@ from typing import Any
 import yaml
 
 from csidriver.api import constants as c
-from csidriver.api.objects import cordoned_disks, node_from_dict, snapshot_from_dict, volume_from_dict
+from csidriver.api.objects import node_from_dict, volume_from_dict
 from csidriver.host.initdisk import InitDiskRefused, apply_init, plan_init
 from csidriver.host.runner import Runner
 from csidriver.kube.client import make_api_client
 from csidriver.kube.resources import Kube
+from csidriver.plugin import operations
 from csidriver.plugin.migrate import MigrationError, migrate, migrate_disk
 from csidriver.plugin.upgrade import upgrade_check
 
@@ -109,86 +110,30 @@ async def cmd_volumes(kube: Kube, args: argparse.Namespace) -> int:
 
 
 async def cmd_cordon(kube: Kube, args: argparse.Namespace, cordon: bool) -> int:
-    raw = await kube.get_device_node(args.node)
-    if raw is None:
-        print(f"error: no DeviceNode {args.node}", file=sys.stderr)
+    try:
+        print(await operations.cordon(kube, args.node, args.disk, cordon, args.dry_run))
+    except operations.OperationRefused as e:
+        print(f"error: {e}", file=sys.stderr)
         return 1
-    guid = args.disk.upper()
-    if guid not in {str(d.get("uuid", "")).upper() for d in raw.get("devices") or []}:
-        print(f"error: node {args.node} reports no disk {args.disk}", file=sys.stderr)
-        return 1
-    current = cordoned_disks(raw["metadata"])
-    wanted = current | {guid} if cordon else current - {guid}
-    verb = "cordon" if cordon else "uncordon"
-    if wanted == current:
-        print(f"disk {guid} on {args.node} already {verb}ed")
-        return 0
-    patch = {"metadata": {"annotations": {c.CORDON_ANNOTATION: ",".join(sorted(wanted)) or None}}}
-    if args.dry_run:
-        print(f"would {verb} disk {guid} on {args.node}: patch DeviceNode with {json.dumps(patch)}")
-        return 0
-    await kube.patch_device_node(args.node, patch)
-    print(f"disk {guid} on {args.node} {verb}ed")
     return 0
 
 
 async def cmd_release(kube: Kube, args: argparse.Namespace) -> int:
-    node = await kube.get_node(args.node)
-    ready = any(
-        cond.get("type") == "Ready" and cond.get("status") == "True"
-        for cond in ((node or {}).get("status") or {}).get("conditions") or []
-    )
-    if ready and not args.force:
-        print(f"error: node {args.node} is Ready; release only a node that is gone for good (--force)", file=sys.stderr)
-        return 1
-    volumes = [volume_from_dict(v) for v in await kube.list_volumes()]
-    mine = [v for v in volumes if v.owner_node == args.node]
-    # A volume whose disk another node's agent reports is not lost: it was moved. Releasing it would delete its
-    # object and orphan its partition on that disk, so it must be migrated first (--force does not override this).
-    elsewhere: dict[str, str] = {}
-    for raw_node in await kube.list_device_nodes():
-        other = node_from_dict(raw_node)
-        if other.name != args.node:
-            for d in other.devices:
-                if d.healthy:
-                    elsewhere[d.uuid.upper()] = other.name
-    moved = [(v, elsewhere[v.placement.disk_guid.upper()]) for v in mine if v.placement.disk_guid.upper() in elsewhere]
-    if moved:
-        for v, to in moved:
-            print(
-                f"error: {v.name} is not lost: its disk {v.placement.disk_guid} is on node {to}; "
-                f"run `kubectl device-localpv migrate-disk {v.placement.disk_guid} --to {to}` first",
-                file=sys.stderr,
-            )
-        return 1
-    who = getpass.getuser()
-    for v in mine:
-        print(f"{'would release' if args.dry_run else 'releasing'} {v.name} ({v.capacity} bytes, pool {v.pool})")
-        if args.dry_run:
-            continue
-        raw = await kube.get_volume(v.name)
-        if raw is None:
-            continue
-        await kube.record_event(
-            raw, c.VOLUME_KIND, "Warning", "Released", f"released by {who} with node {args.node} gone: {args.reason}"
+    try:
+        done = await operations.release_node(
+            kube, args.node, args.reason, getpass.getuser(), force=args.force, dry_run=args.dry_run
         )
-        current = volume_from_dict(raw)
-        if c.FINALIZER in current.finalizers:
-            await kube.remove_finalizer(v.name, current.finalizers, c.FINALIZER)
-        await kube.delete_volume(v.name)
-    # Its snapshots' partitions are as lost as its volumes'.
-    snaps = [snapshot_from_dict(x) for x in await kube.list_snapshots()]
-    for snap in (x for x in snaps if x.owner_node == args.node):
-        print(f"{'would release' if args.dry_run else 'releasing'} snapshot {snap.name} of {snap.source_volume}")
-        if args.dry_run:
-            continue
-        if c.FINALIZER in snap.finalizers:
-            await kube.remove_finalizer(snap.name, snap.finalizers, c.FINALIZER, c.SNAPSHOT_PLURAL)
-        await kube.delete_snapshot(snap.name)
-    if not args.dry_run:
-        await kube.delete_device_node(args.node)
+    except operations.OperationRefused as e:
+        for reason in e.reasons:
+            print(f"error: {reason}", file=sys.stderr)
+        return 1
+    verb = "would release" if args.dry_run else "releasing"
+    for line in done.volumes:
+        print(f"{verb} {line}")
+    for line in done.snapshots:
+        print(f"{verb} snapshot {line}")
     print(
-        f"{len(mine)} volume(s) of node {args.node} {'would be ' if args.dry_run else ''}released; "
+        f"{len(done.volumes)} volume(s) of node {args.node} {'would be ' if args.dry_run else ''}released; "
         "their PVCs can now be deleted and recreated elsewhere"
     )
     return 0

@@ -151,6 +151,38 @@ class FakeKube:
     async def patch_snapshot_status(self, name: str, status: Mapping[str, Any]) -> Obj:
         return self._patch_status(c.SNAPSHOT_PLURAL, name, status)
 
+    async def list_snapshots(self) -> list[Obj]:
+        return [copy.deepcopy(o) for o in self.objects[c.SNAPSHOT_PLURAL].values()]
+
+    async def list_volumes(self) -> list[Obj]:
+        return [copy.deepcopy(o) for o in self.objects[c.VOLUME_PLURAL].values()]
+
+    # -- DeviceNode and core Node --------------------------------------------------------------------------------
+    nodes: dict[str, Obj] = field(default_factory=dict)  # core Nodes by name
+
+    async def get_node(self, name: str) -> Obj | None:
+        found = self.nodes.get(name)
+        return copy.deepcopy(found) if found is not None else None
+
+    async def create_device_node(self, body: Mapping[str, Any]) -> Obj:
+        return self._create(c.NODE_PLURAL, body)
+
+    async def get_device_node(self, name: str) -> Obj | None:
+        return self._get(c.NODE_PLURAL, name)
+
+    async def patch_device_node(self, name: str, patch: Mapping[str, Any]) -> Obj:
+        obj = self._must(c.NODE_PLURAL, name)
+        _merge(obj, patch)
+        self._stamp(obj)
+        self.writes.append(("patch", c.NODE_PLURAL, name))
+        return copy.deepcopy(obj)
+
+    async def delete_device_node(self, name: str) -> None:
+        self._delete(c.NODE_PLURAL, name)
+
+    async def list_device_nodes(self) -> list[Obj]:
+        return [copy.deepcopy(o) for o in self.objects[c.NODE_PLURAL].values()]
+
     # -- finalizers ----------------------------------------------------------------------------------------------
     async def add_finalizer(
         self,
