@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Mapping
 
-from csidriver.host import DiskInventory, Filesystems, Mounter, MountInfo
+from csidriver.host import DiskInventory, Filesystems, Mounter, MountInfo, targets
 from csidriver.host.health import read_problem
 from csidriver.host.partitions import named, validate_name
 from csidriver.services.publish import VolumeStats
@@ -31,7 +30,7 @@ class LocalHost:
         if entry is None:
             return None
         node = entry.node
-        return node if await asyncio.to_thread(os.path.exists, node) else None
+        return node if await asyncio.to_thread(targets.exists, node) else None
 
     async def mounts(self) -> list[MountInfo]:
         return await self._mounter.mounts()
@@ -72,3 +71,21 @@ class LocalHost:
 
     async def grow_filesystem(self, device: str, mount_point: str, fstype: str) -> None:
         await self._fs.grow_filesystem(device, mount_point, fstype)
+
+    async def make_target(self, path: str, directory: bool) -> bool:
+        return await asyncio.to_thread(targets.make, path, directory)
+
+    async def target_removable(self, path: str) -> bool:
+        return await asyncio.to_thread(targets.removable, path)
+
+    async def remove_target(self, path: str) -> None:
+        await asyncio.to_thread(targets.remove, path)
+
+    async def device_number(self, device: str) -> str:
+        return await asyncio.to_thread(targets.device_number, device)
+
+    async def exists(self, path: str) -> bool:
+        return await asyncio.to_thread(targets.exists, path)
+
+    async def is_dir(self, path: str) -> bool:
+        return await asyncio.to_thread(targets.is_dir, path)

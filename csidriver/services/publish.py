@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import errno
 import os
-import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -18,6 +16,7 @@ from typing import Protocol
 from csidriver.api import constants as c
 from csidriver.api import naming
 from csidriver.host.parsers import MountInfo
+from csidriver.host.targets import NoParent, NotABlockDevice, NotEmpty, WrongKind
 from csidriver.services.errors import AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound
 from csidriver.services.mountflags import FORCED
 from csidriver.services.requests import DEFAULT_FS, AccessMode, Capability, capability_problem
@@ -55,6 +54,12 @@ class Host(Protocol):
     async def block_size(self, device: str) -> int: ...
     async def grow_filesystem(self, device: str, mount_point: str, fstype: str) -> None: ...
     async def read_problem(self, device: str) -> str | None: ...
+    async def make_target(self, path: str, directory: bool) -> bool: ...
+    async def target_removable(self, path: str) -> bool: ...
+    async def remove_target(self, path: str) -> None: ...
+    async def device_number(self, device: str) -> str: ...
+    async def exists(self, path: str) -> bool: ...
+    async def is_dir(self, path: str) -> bool: ...
 
 
 def check_target(path: str, what: str = "target_path", roots: Sequence[str] = ()) -> None:
@@ -83,13 +88,6 @@ def check_target(path: str, what: str = "target_path", roots: Sequence[str] = ()
         raise InvalidArgument(f"{what} {path!r} is a symbolic link")
 
 
-def _major_minor(device: str) -> str:
-    st = os.stat(device)
-    if not stat.S_ISBLK(st.st_mode):
-        raise Internal(f"{device} is not a block device")
-    return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
-
-
 class Publisher:
     def __init__(self, host: Host, roots: Sequence[str] = (), default_fs: str = DEFAULT_FS) -> None:
         self._host = host
@@ -109,7 +107,11 @@ class Publisher:
             device = await self._host.locate(pool, naming.partition_name(volume_id))
         if device is None:
             raise NotFound(f"volume {volume_id} has no partition on this node")
-        return LocatedVolume(device=device, major_minor=await asyncio.to_thread(_major_minor, device))
+        try:
+            number = await self._host.device_number(device)
+        except NotABlockDevice as e:
+            raise Internal(str(e)) from None
+        return LocatedVolume(device=device, major_minor=number)
 
     async def _mounted_at(self, target: str) -> MountInfo | None:
         found = None
@@ -155,12 +157,12 @@ class Publisher:
                 await self._publish_fs(vol, target, cap, read_only)
 
     async def _publish_block(self, vol: LocatedVolume, target: str, read_only: bool) -> None:
-        created = await asyncio.to_thread(_make_file, target)
+        created = await self._make_target(target, directory=False)
         try:
             await self._host.bind_mount(vol.device, target, read_only)
         except Exception:
             if created:
-                await asyncio.to_thread(_remove, target)
+                await self._remove_target(target)
             raise
 
     async def _publish_fs(self, vol: LocatedVolume, target: str, cap: Capability, read_only: bool) -> None:
@@ -174,14 +176,30 @@ class Publisher:
             raise FailedPrecondition(
                 f"{vol.device} already holds {found.get('TYPE') or 'an unknown signature'}, not {fstype}"
             )
-        created = await asyncio.to_thread(_make_dir, target)
+        created = await self._make_target(target, directory=True)
         options = [*cap.mount_flags, *(["ro"] if read_only else []), *FORCED]
         try:
             await self._host.mount(vol.device, target, fstype, options)
         except Exception:
             if created:
-                await asyncio.to_thread(_remove, target)
+                await self._remove_target(target)
             raise
+
+    async def _make_target(self, target: str, directory: bool) -> bool:
+        try:
+            return await self._host.make_target(target, directory)
+        except NoParent as e:
+            raise FailedPrecondition(str(e)) from None
+        except WrongKind as e:
+            raise AlreadyExists(str(e)) from None
+        except NotEmpty as e:
+            raise FailedPrecondition(str(e)) from None
+
+    async def _remove_target(self, target: str) -> None:
+        try:
+            await self._host.remove_target(target)
+        except NotEmpty as e:
+            raise FailedPrecondition(str(e)) from None
 
     async def unpublish(self, volume_id: str, target: str) -> None:
         if not volume_id:
@@ -191,7 +209,7 @@ class Publisher:
             mounted = await self._mounted_at(target)
             if mounted is not None:
                 await self._check_ours(volume_id, target, mounted)
-            elif not await asyncio.to_thread(_ours_to_remove, target) or not await self._known(volume_id):
+            elif not await self._host.target_removable(target) or not await self._known(volume_id):
                 # Not mounted, and not an empty directory or file left by publishing a volume of this node: not ours
                 # to delete (kubelet removes its own empty target directories).
                 return
@@ -201,7 +219,7 @@ class Publisher:
                 await self._host.unmount(target)
             else:
                 raise Internal(f"{target} is still mounted after repeated unmounts")
-            await asyncio.to_thread(_remove, target)
+            await self._remove_target(target)
 
     async def _known(self, volume_id: str) -> bool:
         try:
@@ -218,7 +236,7 @@ class Publisher:
         except NotFound:
             # Accepted as this volume's only when what is mounted is a device that no longer exists (its disk is
             # gone); any other mount (another device, a tmpfs, a bind) is someone else's.
-            if mounted.source.startswith("/dev/") and not await asyncio.to_thread(os.path.exists, mounted.source):
+            if mounted.source.startswith("/dev/") and not await self._host.exists(mounted.source):
                 return
             raise FailedPrecondition(
                 f"{target} has {mounted.source} ({mounted.fstype}) mounted, which is not volume {volume_id}; nothing"
@@ -239,7 +257,7 @@ class Publisher:
         except InvalidArgument as e:
             # No volume is ever published at such a path: not found there (what csi-sanity and the spec expect).
             raise NotFound(f"volume {volume_id} is not published at {path!r}: {e}") from None
-        if not await asyncio.to_thread(os.path.exists, path):
+        if not await self._host.exists(path):
             raise NotFound(f"volume_path {path} does not exist")
         mount = await self._mounted_at(path)
         try:
@@ -250,7 +268,7 @@ class Publisher:
             # there is some other volume's.
             if mount is None or not mount.source.startswith("/dev/"):
                 raise NotFound(f"volume {volume_id} is not published at {path}") from None
-            if not await asyncio.to_thread(os.path.exists, mount.source):
+            if not await self._host.exists(mount.source):
                 return VolumeStats(block=False, total=0, abnormal="the volume's partition is on no readable pool disk")
             problem = await self._host.read_problem(mount.source)
             if problem is None:
@@ -258,7 +276,7 @@ class Publisher:
             return VolumeStats(block=False, total=0, abnormal=f"the volume's disk fails: {problem}")
         if mount is None or not _same_device(mount, vol):
             raise NotFound(f"volume {volume_id} is not published at {path}")
-        if not await asyncio.to_thread(os.path.isdir, path):  # a bind-mounted device node
+        if not await self._host.is_dir(path):  # a bind-mounted device node
             stats = VolumeStats(block=True, total=await self._host.block_size(vol.device))
         else:
             stats = await self._host.stats(path)
@@ -298,63 +316,3 @@ def _same_device(mount: MountInfo, vol: LocatedVolume) -> bool:
     if mount.fstype == "devtmpfs":
         return mount.root == vol.device.removeprefix("/dev")
     return mount.major_minor == vol.major_minor or mount.source == vol.device
-
-
-def _missing_parent(path: str) -> FailedPrecondition:
-    return FailedPrecondition(f"the parent directory of {path} does not exist (the CO creates it)")
-
-
-def _make_dir(path: str) -> bool:
-    try:
-        os.mkdir(path, 0o750)
-        return True
-    except FileNotFoundError:
-        raise _missing_parent(path) from None
-    except FileExistsError:
-        if not os.path.isdir(path):
-            raise AlreadyExists(f"{path} exists and is not a directory") from None
-        if os.listdir(path):
-            raise FailedPrecondition(
-                f"{path} is a directory that is not empty: a volume is never mounted over files"
-            ) from None
-        return False
-
-
-def _make_file(path: str) -> bool:
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o640)
-        os.close(fd)
-        return True
-    except FileNotFoundError:
-        raise _missing_parent(path) from None
-    except FileExistsError:
-        if not os.path.isfile(path):
-            raise AlreadyExists(f"{path} exists and is not a regular file") from None
-        if os.path.getsize(path):
-            raise FailedPrecondition(f"{path} is a file that is not empty: a device is never bound over data") from None
-        return False
-
-
-def _ours_to_remove(path: str) -> bool:
-    """What a publish of this driver leaves at a target once unmounted: an empty directory or an empty file."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return False
-    if stat.S_ISDIR(st.st_mode):
-        return not os.listdir(path)
-    return stat.S_ISREG(st.st_mode) and st.st_size == 0
-
-
-def _remove(path: str) -> None:
-    try:
-        if os.path.isdir(path) and not os.path.islink(path):
-            os.rmdir(path)
-        else:
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as e:
-        if e.errno == errno.ENOTEMPTY:
-            raise FailedPrecondition(f"{path} is not empty after unmount; refusing to delete data") from e
-        raise
