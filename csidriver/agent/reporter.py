@@ -20,29 +20,11 @@ from typing import Any
 
 from csidriver.api import constants as c
 from csidriver.api.objects import Device, devices_list
-from csidriver.host.disks import DiskInventory, PoolDisk
-from csidriver.host.health import ReadProbe
+from csidriver.host.disks import DiskInventory, PoolDisk, sys_identity
+from csidriver.host.health import ReadProbe, present
 from csidriver.kube.resources import Conflict, Kube
 
 log = logging.getLogger(__name__)
-
-
-def sys_identity(name: str) -> tuple[str, str] | None:
-    """What sysfs says of a block device without running a command: (diskseq, size in sectors), or None when it
-    is gone. diskseq (Linux 5.15+) changes whenever other media appear under the same name (a disk swapped for
-    another at the same kernel name); the size is the fallback on older kernels."""
-    base = f"/sys/class/block/{name}"
-    try:
-        with open(f"{base}/size") as f:
-            size = f.read().strip()
-    except OSError:
-        return None
-    try:
-        with open(f"{base}/diskseq") as f:
-            seq = f.read().strip()
-    except OSError:
-        seq = ""
-    return seq, size
 
 
 def devices_of(disks: Sequence[PoolDisk], failed: Sequence[PoolDisk] = ()) -> tuple[Device, ...]:
@@ -188,7 +170,7 @@ class NodeReporter:
             return True
         changed = False
         for path in {d.path for d in self.failed} | set(self._unreadable):
-            readable = os.path.exists(path) and self._probe(path) is None
+            readable = present(path) and self._probe(path) is None
             if readable and not self._readable_before.get(path, False):
                 changed = True
             self._readable_before[path] = readable

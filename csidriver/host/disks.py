@@ -272,3 +272,21 @@ def _list_dir(path: str) -> list[str]:
         return sorted(os.listdir(path))
     except OSError:
         return []
+
+
+def sys_identity(name: str) -> tuple[str, str] | None:
+    """What sysfs says of a block device without running a command: (diskseq, size in sectors), or None when it
+    is gone. diskseq (Linux 5.15+) changes whenever other media appear under the same name (a disk swapped for
+    another at the same kernel name); the size is the fallback on older kernels."""
+    base = f"/sys/class/block/{name}"
+    try:
+        with open(f"{base}/size") as f:
+            size = f.read().strip()
+    except OSError:
+        return None
+    try:
+        with open(f"{base}/diskseq") as f:
+            seq = f.read().strip()
+    except OSError:
+        seq = ""
+    return seq, size

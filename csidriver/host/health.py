@@ -15,6 +15,11 @@ import time
 _BLOCK = 4096
 
 
+def present(device: str) -> bool:
+    """Whether the device node exists (no read, no thread)."""
+    return os.path.exists(device)
+
+
 def read_problem(device: str) -> str | None:
     """Why the first 4 KiB of `device` cannot be read with O_DIRECT, or None when they can."""
     try:
