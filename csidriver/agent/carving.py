@@ -1,19 +1,64 @@
-"""What volumes and snapshots share on the agent: carving a partition best-fit, and reporting a copy's progress."""
+"""What the volume and snapshot reconcilers share: carving a partition, reporting a copy's progress, and the
+status pieces they both write (conditions, failure classes, placement)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from csidriver.agent.ports import Partitions
 from csidriver.api import constants as c
+from csidriver.api.objects import Placement
 from csidriver.host.disks import PoolDisk
-from csidriver.host.partitions import InsufficientCapacity, Partition
+from csidriver.host.partitions import InsufficientCapacity, NotAPoolDisk, Partition, PartitionBusy, PartitionError
+from csidriver.host.runner import CommandError
 
 log = logging.getLogger(__name__)
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def condition(kind: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
+    """A status condition (message capped at 1 KiB)."""
+    return {
+        "type": kind,
+        "status": "True" if ok else "False",
+        "reason": reason,
+        "message": message[:1024],
+        "lastTransitionTime": now(),
+    }
+
+
+_FAILURE_CLASSES: tuple[tuple[type[Exception], str], ...] = (
+    (NotAPoolDisk, "NotAPoolDisk"),
+    (PartitionBusy, "PartitionBusy"),
+    (CommandError, "CommandFailed"),
+    (PartitionError, "PartitionFailed"),
+)
+
+
+def failure_class(error: Exception) -> str:
+    """The reason a retried failure is reported under (the controller maps NotAPoolDisk and PartitionBusy to
+    FAILED_PRECONDITION, the rest to INTERNAL)."""
+    return next((r for cls, r in _FAILURE_CLASSES if isinstance(error, cls)), "AgentError")
+
+
+def placement(part: Partition, disk_guid: str) -> Placement:
+    return Placement(
+        disk_guid=disk_guid,
+        disk_path=part.disk_path,
+        partition_name=part.name,
+        partition_uuid=part.uuid,
+        partition_number=part.number,
+        device_path=part.node,
+    )
 
 
 @dataclass(frozen=True)

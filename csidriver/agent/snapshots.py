@@ -11,14 +11,13 @@ Check-then-act like the volume reconciler, so a crash at any line is repaired by
 
 from __future__ import annotations
 
-import datetime
 import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from csidriver.agent.brake import DeletionBrake
-from csidriver.agent.carving import NoRoom, carve, copy_progress
+from csidriver.agent.carving import NoRoom, carve, condition, copy_progress, failure_class, now, placement
 from csidriver.agent.ports import Inventory, Partitions, SnapshotObjects
 from csidriver.agent.workqueue import Retry
 from csidriver.api import constants as c
@@ -26,7 +25,6 @@ from csidriver.api import naming
 from csidriver.api.objects import (
     DeviceSnapshot,
     ErrorCode,
-    Placement,
     State,
     placement_dict,
     snapshot_from_dict,
@@ -34,25 +32,10 @@ from csidriver.api.objects import (
 )
 from csidriver.host.clone import SourceBusy
 from csidriver.host.disks import PoolDisk
-from csidriver.host.partitions import NotAPoolDisk, Partition, PartitionBusy, PartitionError
-from csidriver.host.runner import CommandError
+from csidriver.host.partitions import Partition
 from csidriver.kube.resources import Conflict, Gone
 
 log = logging.getLogger(__name__)
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _condition(kind: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
-    return {
-        "type": kind,
-        "status": "True" if ok else "False",
-        "reason": reason,
-        "message": message[:1024],
-        "lastTransitionTime": _now(),
-    }
 
 
 class SnapshotReconciler:
@@ -108,7 +91,7 @@ class SnapshotReconciler:
 
     async def _set_condition(self, snap: DeviceSnapshot, kind: str, ok: bool, reason: str, message: str) -> None:
         """Written only when status, reason or message changes."""
-        cond = _condition(kind, ok, reason, message)
+        cond = condition(kind, ok, reason, message)
         same = (kind, cond["status"], reason, cond["message"])
         if any((x.get("type"), x.get("status"), x.get("reason"), x.get("message")) == same for x in snap.conditions):
             return
@@ -116,13 +99,7 @@ class SnapshotReconciler:
         await self._kube.patch_snapshot_status(snap.name, {"conditions": [*others, cond]})
 
     async def _explain(self, snap: DeviceSnapshot, error: Exception) -> None:
-        reason = {
-            NotAPoolDisk: "NotAPoolDisk",
-            PartitionBusy: "PartitionBusy",
-            CommandError: "CommandFailed",
-            PartitionError: "PartitionFailed",
-        }
-        kind = next((r for cls, r in reason.items() if isinstance(error, cls)), "AgentError")
+        kind = failure_class(error)
         try:
             await self._set_condition(snap, "Ready", False, kind, f"node {self._node}: {error}")
         except Exception as e:
@@ -135,7 +112,7 @@ class SnapshotReconciler:
             {
                 "state": State.FAILED.value,
                 "error": {"code": code.value, "message": message},
-                "conditions": [_condition("Ready", False, code.value, message)],
+                "conditions": [condition("Ready", False, code.value, message)],
             },
         )
         await self._kube.record_event(raw, c.SNAPSHOT_KIND, "Warning", "SnapshotFailed", message)
@@ -182,7 +159,7 @@ class SnapshotReconciler:
         if src_part is None:
             raise Retry(f"source volume {src.name}: partition vanished")
         # The point in time the snapshot holds: written just before the source is frozen for the copy.
-        await self._kube.patch_snapshot_status(snap.name, {"creationTime": _now(), "copiedBytes": 0})
+        await self._kube.patch_snapshot_status(snap.name, {"creationTime": now(), "copiedBytes": 0})
 
         async def report(done: int) -> None:
             await self._kube.patch_snapshot_status(snap.name, {"copiedBytes": done})
@@ -196,14 +173,6 @@ class SnapshotReconciler:
             return
         took = time.monotonic() - start
         await self._reporter.refresh()  # DeviceNode shows the space as used before the snapshot reads Ready
-        placement = Placement(
-            disk_guid=guid,
-            disk_path=part.disk_path,
-            partition_name=part.name,
-            partition_uuid=part.uuid,
-            partition_number=part.number,
-            device_path=part.node,
-        )
         msg = f"node {self._node}: {copied} bytes of {src.name} copied to {part.node} in {took:.2f} s"
         await self._kube.patch_snapshot_status(
             snap.name,
@@ -212,8 +181,8 @@ class SnapshotReconciler:
                 "error": None,
                 "copiedBytes": copied,
                 "capacityBytes": part.size,
-                "conditions": [_condition("Ready", True, "Copied", msg)],
-                **placement_dict(placement),
+                "conditions": [condition("Ready", True, "Copied", msg)],
+                **placement_dict(placement(part, guid)),
             },
         )
         log.info("snapshot %s ready: %s (%.0f MiB/s)", snap.name, msg, copied / c.MIB / max(took, 1e-6))

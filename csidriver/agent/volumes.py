@@ -9,14 +9,13 @@ Every step is check-then-act, so a crash at any line is repaired by the next pas
 
 from __future__ import annotations
 
-import datetime
 import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from csidriver.agent.brake import DeletionBrake
-from csidriver.agent.carving import NoRoom, carve, copy_progress
+from csidriver.agent.carving import NoRoom, carve, condition, copy_progress, failure_class, placement
 from csidriver.agent.ports import Inventory, Partitions, VolumeObjects
 from csidriver.agent.workqueue import Retry
 from csidriver.api import constants as c
@@ -24,7 +23,6 @@ from csidriver.api import naming
 from csidriver.api.objects import (
     DeviceVolume,
     ErrorCode,
-    Placement,
     State,
     placement_dict,
     snapshot_from_dict,
@@ -34,29 +32,16 @@ from csidriver.host.clone import SourceBusy
 from csidriver.host.disks import PoolDisk
 from csidriver.host.partitions import (
     InsufficientCapacity,
-    NotAPoolDisk,
     Partition,
     PartitionBusy,
-    PartitionError,
 )
-from csidriver.host.runner import CommandError
 from csidriver.kube.resources import Conflict, Gone
 
 log = logging.getLogger(__name__)
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _condition(ready: bool, reason: str, message: str) -> dict[str, Any]:
-    return {
-        "type": "Ready",
-        "status": "True" if ready else "False",
-        "reason": reason,
-        "message": message[:1024],
-        "lastTransitionTime": _now(),
-    }
+    return condition("Ready", ready, reason, message)
 
 
 def _located(found: bool, reason: str, message: str) -> dict[str, Any]:
@@ -153,19 +138,11 @@ class VolumeReconciler:
         part = await self._parts.activate(disk.path, vol.pool, entry.name)
         if part is None:
             raise Retry(f"partition {entry.name} vanished from {disk.path} while it was being located")
-        placement = Placement(
-            disk_guid=disk.guid,
-            disk_path=disk.path,
-            partition_name=entry.name,
-            partition_uuid=entry.uuid,
-            partition_number=entry.number,
-            device_path=part.node,
-        )
         msg = f"node {self._node}: {part.node} on disk {disk.guid}"
         await self._kube.patch_volume_status(
             vol.name,
             {
-                **placement_dict(placement),
+                **placement_dict(placement(part, disk.guid)),
                 "capacityBytes": part.size,
                 "conditions": _with(vol, _located(True, "PartitionFound", msg)),
             },
@@ -177,13 +154,7 @@ class VolumeReconciler:
 
     async def _explain(self, vol: DeviceVolume, error: Exception) -> None:
         """Ready=False with the failure's class and message (written only when it changes); best effort."""
-        reason = {
-            NotAPoolDisk: "NotAPoolDisk",
-            PartitionBusy: "PartitionBusy",
-            CommandError: "CommandFailed",
-            PartitionError: "PartitionFailed",
-        }
-        kind = next((r for cls, r in reason.items() if isinstance(error, cls)), "AgentError")
+        kind = failure_class(error)
         try:
             await self._set_condition(vol, "Ready", False, kind, f"node {self._node}: {error}")
         except Exception as e:
@@ -290,14 +261,6 @@ class VolumeReconciler:
         else:
             await self._parts.wipe(part.node)
         await self._reporter.refresh()  # DeviceNode shows the space as used before the volume reads Ready
-        placement = Placement(
-            disk_guid=guid,
-            disk_path=part.disk_path,
-            partition_name=part.name,
-            partition_uuid=part.uuid,
-            partition_number=part.number,
-            device_path=part.node,
-        )
         await self._kube.patch_volume_status(
             vol.name,
             {
@@ -306,7 +269,7 @@ class VolumeReconciler:
                 "conditions": [
                     _condition(True, "Provisioned", f"node {self._node}: partition {part.node} ({part.size} bytes)")
                 ],
-                **placement_dict(placement),
+                **placement_dict(placement(part, guid)),
                 "capacityBytes": part.size,
             },
         )

@@ -122,6 +122,24 @@ DELETE_GRACE = 5.0
 WITHDRAW_WAIT = 5.0
 
 
+class VolumeReader(Protocol):
+    async def get_volume(self, name: str) -> dict[str, Any] | None: ...
+
+
+async def ready_source(store: VolumeReader, cluster: ClusterState, volume_id: str) -> DeviceVolume:
+    """A Ready volume to copy from (a clone's or a snapshot's source), from the cache or else the API server:
+    NOT_FOUND when it does not exist, FAILED_PRECONDITION when it is not Ready or is being deleted."""
+    vol = cluster.volumes.get(volume_id) if naming.is_valid_volume_id(volume_id) else None
+    if vol is None and naming.is_valid_volume_id(volume_id):
+        raw = await store.get_volume(volume_id)
+        vol = volume_from_dict(raw) if raw is not None else None
+    if vol is None:
+        raise NotFound(f"source volume {volume_id} does not exist")
+    if vol.deleting or vol.state is not State.READY:
+        raise FailedPrecondition(f"source volume {volume_id} is {'being deleted' if vol.deleting else vol.state.value}")
+    return vol
+
+
 class Provisioner:
     def __init__(self, store: VolumeStore, cluster: ClusterState, timeout: float) -> None:
         self._store = store
@@ -266,17 +284,7 @@ class Provisioner:
         )
 
     async def _clone_source(self, volume_id: str) -> DeviceVolume:
-        vol = self._cluster.volumes.get(volume_id) if naming.is_valid_volume_id(volume_id) else None
-        if vol is None and naming.is_valid_volume_id(volume_id):
-            raw = await self._store.get_volume(volume_id)
-            vol = volume_from_dict(raw) if raw is not None else None
-        if vol is None:
-            raise NotFound(f"source volume {volume_id} does not exist")
-        if vol.deleting or vol.state is not State.READY:
-            raise FailedPrecondition(
-                f"source volume {volume_id} is {'being deleted' if vol.deleting else vol.state.value}"
-            )
-        return vol
+        return await ready_source(self._store, self._cluster, volume_id)
 
     async def _snapshot_source(self, snapshot_id: str) -> DeviceSnapshot:
         snap = self._cluster.snapshots.get(snapshot_id) if naming.is_valid_volume_id(snapshot_id) else None

@@ -26,7 +26,6 @@ from csidriver.api.objects import (
     State,
     new_snapshot_body,
     snapshot_from_dict,
-    volume_from_dict,
 )
 from csidriver.services.cluster import ClusterState
 from csidriver.services.errors import (
@@ -41,6 +40,7 @@ from csidriver.services.errors import (
     Unavailable,
 )
 from csidriver.services.listing import page_token, token_start
+from csidriver.services.provisioning import ready_source
 from scheduler import fits, pool_capacity
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ class Snapshotter:
             async with lock:
                 snap = await self._existing(obj, source_volume)
                 if snap is None:
-                    source = await self._source(source_volume)
+                    source = await ready_source(self._store, self._cluster, source_volume)
                     snap = await self._create_object(obj, name, source)
                 return await self._outcome(snap)
         finally:
@@ -142,19 +142,6 @@ class Snapshotter:
         if snap.source_volume != source_volume:
             raise AlreadyExists(f"snapshot {obj} exists with another source volume ({snap.source_volume})")
         return snap
-
-    async def _source(self, volume_id: str) -> DeviceVolume:
-        vol = self._cluster.volumes.get(volume_id) if naming.is_valid_volume_id(volume_id) else None
-        if vol is None and naming.is_valid_volume_id(volume_id):
-            raw = await self._store.get_volume(volume_id)
-            vol = volume_from_dict(raw) if raw is not None else None
-        if vol is None:
-            raise NotFound(f"source volume {volume_id} does not exist")
-        if vol.deleting or vol.state is not State.READY:
-            raise FailedPrecondition(
-                f"source volume {volume_id} is {'being deleted' if vol.deleting else vol.state.value}"
-            )
-        return vol
 
     async def _create_object(self, obj: str, csi_name: str, source: DeviceVolume) -> DeviceSnapshot:
         node, pool = source.owner_node, source.pool
