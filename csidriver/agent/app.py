@@ -7,8 +7,8 @@ import contextlib
 import logging
 import os
 import random
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 import grpc
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -42,15 +42,7 @@ HEALTH_TIMEOUT = 4.0  # seconds for the /healthz Probe (kubelet's probe timeout 
 
 async def _node_identity(kube: Kube, settings: Settings) -> tuple[dict[str, str], dict[str, Any] | None]:
     """Topology labels (node name + allow-listed Node labels) and an owner reference to the Node."""
-    delay = 0.5
-    while True:
-        try:
-            node = await kube.get_node(settings.node_id)
-            break
-        except Exception as e:
-            log.warning("cannot read Node %s yet: %s", settings.node_id, e)
-            await asyncio.sleep(delay * (1 + random.random()))
-            delay = min(delay * 2, 30)
+    node = await _until_done(lambda: kube.get_node(settings.node_id), f"cannot read Node {settings.node_id} yet")
     topology = {c.TOPOLOGY_KEY: settings.node_id}
     if node is None:
         log.warning("Node %s not found: DeviceNode gets no owner reference", settings.node_id)
@@ -247,13 +239,20 @@ async def _register_with_kubelet(settings: Settings, state: RegistrationState) -
     return server
 
 
-async def _first_scan(reporter: NodeReporter) -> None:
+T = TypeVar("T")
+
+
+async def _until_done(call: Callable[[], Awaitable[T]], what: str) -> T:
+    """`call` retried with jittered exponential backoff (0.5 s doubling to 30 s) until it returns."""
     delay = 0.5
     while True:
         try:
-            await reporter.refresh()
-            return
+            return await call()
         except Exception as e:
-            log.warning("first disk scan/report failed: %s", e)
+            log.warning("%s: %s", what, e)
             await asyncio.sleep(delay * (1 + random.random()))
             delay = min(delay * 2, 30)
+
+
+async def _first_scan(reporter: NodeReporter) -> None:
+    await _until_done(reporter.refresh, "first disk scan/report failed")

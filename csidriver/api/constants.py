@@ -28,6 +28,9 @@ CSI_NAME_ANNOTATION: Final = "local.openebs.io/csi-name"
 # On a DeviceNode: comma-separated GPT disk GUIDs that schedulers must skip (kubectl device-localpv cordon-disk).
 CORDON_ANNOTATION: Final = "local.openebs.io/cordoned-disks"
 
+# Filesystems a volume may be formatted with.
+SUPPORTED_FS: Final = ("ext4", "xfs", "btrfs")
+
 MIB: Final = 1 << 20
 GIB: Final = 1 << 30
 DEFAULT_VOLUME_SIZE: Final = GIB

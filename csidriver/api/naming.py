@@ -17,7 +17,9 @@ import uuid
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _PVC = re.compile(r"pvc-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
 _NAMESPACE = uuid.UUID("6f1c1e4e-3a55-4c57-9a3c-5d5f4f1b8a21")
-_POOL = re.compile(r"[A-Za-z0-9._-]{1,36}")
+# GPT partition names the driver writes or matches, pool names included: 1-36 characters (the GPT limit) of this
+# alphabet.
+GPT_NAME = re.compile(r"[A-Za-z0-9._-]{1,36}")
 
 
 def object_name(csi_name: str) -> str:
@@ -44,7 +46,7 @@ def is_valid_volume_id(volume_id: str) -> bool:
 
 
 def is_valid_pool(pool: str) -> bool:
-    return _POOL.fullmatch(pool) is not None
+    return GPT_NAME.fullmatch(pool) is not None
 
 
 def heartbeat_name(node: str) -> str:

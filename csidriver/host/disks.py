@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import pyudev
 
+from csidriver.api.naming import GPT_NAME
+
 from .parsers import DiskTable, free_extents, parse_mountinfo, parse_sfdisk_json
 from .runner import CommandError, Runner
 
@@ -25,7 +27,6 @@ SECTOR = 512  # /sys/class/block/*/size is always in 512-byte units
 _NO_TABLE = "does not contain a recognized partition table"
 _VIRTUAL_PREFIXES = ("dm-", "ram", "zram")
 _UDEV_IDS = ("ID_SERIAL_SHORT", "ID_WWN")
-_POOL_NAME = re.compile(r"[A-Za-z0-9._-]{1,36}")
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def table_to_pool_disk(candidate: Candidate, table: DiskTable) -> PoolDisk | Non
     partitions such as "EFI System Partition" never make a disk look like a pool.
     """
     meta = table.by_number(1)
-    if table.label != "gpt" or meta is None or not _POOL_NAME.fullmatch(meta.name):
+    if table.label != "gpt" or meta is None or not GPT_NAME.fullmatch(meta.name):
         return None
     extents = free_extents(table)
     return PoolDisk(
@@ -138,12 +139,7 @@ class DiskInventory:
         return table_to_pool_disk(candidate, table) if table else None
 
     async def _read_table(self, path: str) -> DiskTable | None:
-        done = await self._runner.run(["sfdisk", "--json", "--", path], timeout=30.0, check=False)
-        if done.returncode != 0:
-            if _NO_TABLE in done.stderr:
-                return None
-            raise CommandError(done.argv, done.returncode, done.stderr)
-        return parse_sfdisk_json(done.stdout)
+        return await read_table(self._runner, path)
 
     def block_names(self) -> frozenset[str]:
         """Kernel names of every block device and partition (one directory read): changes when a disk appears or
@@ -290,3 +286,13 @@ def sys_identity(name: str) -> tuple[str, str] | None:
     except OSError:
         seq = ""
     return seq, size
+
+
+async def read_table(runner: Runner, disk: str) -> DiskTable | None:
+    """A disk's partition table as sfdisk reads it; None when it has none."""
+    done = await runner.run(["sfdisk", "--json", "--", disk], timeout=30.0, check=False)
+    if done.returncode == 0:
+        return parse_sfdisk_json(done.stdout)
+    if _NO_TABLE in done.stderr:
+        return None
+    raise CommandError(done.argv, done.returncode, done.stderr)

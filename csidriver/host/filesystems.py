@@ -6,10 +6,12 @@ import asyncio
 import os
 from dataclasses import dataclass
 
+from csidriver.api import constants as c
+
 from .parsers import parse_blkid_probe
 from .runner import CommandError, Runner
 
-SUPPORTED_FS = ("ext4", "xfs", "btrfs")
+SUPPORTED_FS = c.SUPPORTED_FS
 
 # ext4: -m 0 (no root reserve in a volume), lazy inode tables (the kernel zeroes them in the background
 # and uninit_bg hides them meanwhile) but a fully zeroed journal, so that stale journal blocks of a

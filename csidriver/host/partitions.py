@@ -12,18 +12,17 @@ import contextlib
 import errno
 import fcntl
 import os
-import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
+from csidriver.api.naming import GPT_NAME
+
 from .clone import Freezer, SourceBusy, copy_device, source_use
-from .disks import PoolDisk, device_users, kernel_geometry, kernel_partition
-from .parsers import MIB, DiskTable, Extent, PartitionEntry, free_extents, parse_sfdisk_json, partition_node
-from .runner import CommandError, Runner
+from .disks import PoolDisk, device_users, kernel_geometry, kernel_partition, read_table
+from .parsers import MIB, DiskTable, Extent, PartitionEntry, free_extents, partition_node
+from .runner import Runner
 
 LINUX_FS_TYPE = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
-_NAME = re.compile(r"[A-Za-z0-9._-]{1,36}")
-_NO_TABLE = "does not contain a recognized partition table"
 # sfdisk locks only when asked (--lock or $LOCK_BLOCK_DEVICE); we hold the flock, so forbid it.
 _SFDISK_WRITE = ("sfdisk", "--lock=no", "--no-reread", "--no-tell-kernel", "--wipe=never", "--quiet")
 
@@ -67,7 +66,7 @@ class Partition:
 
 def validate_name(name: str) -> str:
     """GPT names we write: 1..36 characters of [A-Za-z0-9._-]."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
+    if not isinstance(name, str) or not GPT_NAME.fullmatch(name):
         raise ValueError(f"invalid partition name {name!r}: want 1-36 characters of [A-Za-z0-9._-]")
     return name
 
@@ -292,12 +291,7 @@ class PartitionManager:
                 _close_all(fds)
 
     async def _read(self, disk: str) -> DiskTable | None:
-        done = await self._runner.run(["sfdisk", "--json", "--", disk], timeout=30.0, check=False)
-        if done.returncode == 0:
-            return parse_sfdisk_json(done.stdout)
-        if _NO_TABLE in done.stderr:
-            return None
-        raise CommandError(done.argv, done.returncode, done.stderr)
+        return await read_table(self._runner, disk)
 
     async def _append(
         self, disk: str, table: DiskTable, name: str, size: int, room_to_grow: bool = False

@@ -311,7 +311,8 @@ class Kube:
 
     # -- core: persistent volumes and their consumers (operators' commands) -------------------------------
     async def _read(self, call: Awaitable[Any]) -> Obj | None:
-        """A read of a core or cluster-scoped object as a dict; None when it does not exist."""
+        """A call on a core or cluster-scoped object, its answer as a dict; None when the object does not exist (so
+        patching or deleting an absent object is a no-op)."""
         try:
             got = await call
         except ApiException as e:
@@ -326,18 +327,10 @@ class Kube:
 
     async def patch_pv(self, name: str, patch: Mapping[str, Any]) -> None:
         """Patching an absent PV is a no-op (it may have just finished deleting)."""
-        try:
-            await self._core.patch_persistent_volume(name, patch, _content_type=_MERGE_PATCH)
-        except ApiException as e:
-            if e.status != 404:
-                raise
+        await self._read(self._core.patch_persistent_volume(name, patch, _content_type=_MERGE_PATCH))
 
     async def delete_pv(self, name: str) -> None:
-        try:
-            await self._core.delete_persistent_volume(name)
-        except ApiException as e:
-            if e.status != 404:
-                raise
+        await self._read(self._core.delete_persistent_volume(name))
 
     async def create_pv(self, body: Mapping[str, Any]) -> None:
         try:
@@ -365,11 +358,7 @@ class Kube:
         ]
 
     async def delete_pod(self, namespace: str, name: str) -> None:
-        try:
-            await self._core.delete_namespaced_pod(name, namespace)
-        except ApiException as e:
-            if e.status != 404:
-                raise
+        await self._read(self._core.delete_namespaced_pod(name, namespace))
 
     # -- core ---------------------------------------------------------------------------------------------
     async def get_node(self, name: str) -> Obj | None:

@@ -33,7 +33,7 @@ SINGLE_NODE_MODES = frozenset(
         AccessMode.SINGLE_NODE_MULTI_WRITER,
     }
 )
-SUPPORTED_FS = ("ext4", "xfs", "btrfs")
+SUPPORTED_FS = c.SUPPORTED_FS
 DEFAULT_FS = "ext4"
 
 
