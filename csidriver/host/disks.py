@@ -74,13 +74,13 @@ def table_to_pool_disk(candidate: Candidate, table: DiskTable) -> PoolDisk | Non
     Pool names use the same alphabet as volume names ([A-Za-z0-9._-], at most 36), so firmware
     partitions such as "EFI System Partition" never make a disk look like a pool.
     """
-    meta = table.by_number(1)
-    if table.label != "gpt" or meta is None or not GPT_NAME.fullmatch(meta.name):
+    pool = table.pool()
+    if pool is None or not GPT_NAME.fullmatch(pool):
         return None
     extents = free_extents(table)
     return PoolDisk(
         path=candidate.path,
-        pool=meta.name,
+        pool=pool,
         guid=table.disk_guid,
         size=candidate.size,
         free=sum(e.size_bytes for e in extents),

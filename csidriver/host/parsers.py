@@ -48,6 +48,12 @@ class DiskTable:
     def by_number(self, number: int) -> PartitionEntry | None:
         return next((p for p in self.partitions if p.number == number), None)
 
+    def pool(self) -> str | None:
+        """The pool this table's disk belongs to: the GPT name of its partition #1 (the meta partition), or None
+        when it is not GPT or has no partition #1. Whether that name is a valid pool name is the caller's check."""
+        meta = self.by_number(1)
+        return meta.name if self.label == "gpt" and meta is not None else None
+
 
 @dataclass(frozen=True)
 class Extent:

@@ -144,8 +144,7 @@ class PartitionManager:
         validate_name(name)
         for disk in disks:
             table = await self._read(disk.path)
-            meta = table.by_number(1) if table else None
-            if table is None or table.label != "gpt" or meta is None or meta.name != disk.pool:
+            if table is None or table.pool() != disk.pool:
                 continue
             entry = named(table, name)
             if entry is not None:
@@ -371,8 +370,8 @@ class PartitionManager:
 
 def _require_pool(disk: str, pool: str, table: DiskTable | None, volume: str = "") -> DiskTable:
     """The table, if it proves ``disk`` belongs to ``pool``; a volume may not share the pool's name."""
-    meta = table.by_number(1) if table else None
-    if table is None or table.label != "gpt" or meta is None or not pool or meta.name != pool:
+    if table is None or not pool or table.pool() != pool:
+        meta = table.by_number(1) if table else None
         found = "no partition table" if table is None else f"{table.label}, #1={meta.name if meta else None!r}"
         raise NotAPoolDisk(f"{disk} is not a disk of pool {pool!r} ({found})")
     if volume == pool:
