@@ -219,7 +219,7 @@ def test_unimplemented_rpcs_answer_plainly(cluster: Cluster) -> None:
         lambda: node.NodeStageVolume(csi_pb2.NodeStageVolumeRequest(volume_id="pvc-x"), timeout=10),
         lambda: node.NodeUnstageVolume(csi_pb2.NodeUnstageVolumeRequest(volume_id="pvc-x"), timeout=10),
         lambda: ctl.ControllerPublishVolume(csi_pb2.ControllerPublishVolumeRequest(volume_id="pvc-x"), timeout=10),
-        lambda: ctl.CreateSnapshot(csi_pb2.CreateSnapshotRequest(name="s"), timeout=10),
+        lambda: ctl.ControllerModifyVolume(csi_pb2.ControllerModifyVolumeRequest(volume_id="pvc-x"), timeout=10),
     ]
     for call in calls * 3:
         got, msg = code_of(call)
