@@ -255,9 +255,12 @@ class VolumeReconciler:
             if carved is None:
                 return
             part, guid = carved
+        copied: dict[str, int] = {}
         if vol.annotations.get(c.CLONE_SOURCE_ANNOTATION) or vol.annotations.get(c.RESTORE_SOURCE_ANNOTATION):
-            if not await self._fill(vol, raw, part):
+            done = await self._fill(vol, raw, part)
+            if done is None:
                 return
+            copied["copiedBytes"] = done
         else:
             await self._parts.wipe(part.node)
         await self._reporter.refresh()  # DeviceNode shows the space as used before the volume reads Ready
@@ -271,14 +274,15 @@ class VolumeReconciler:
                 ],
                 **placement_dict(placement(part, guid)),
                 "capacityBytes": part.size,
+                **copied,
             },
         )
         log.info("volume %s ready: %s on %s", vol.name, part.node, part.disk_path)
 
-    async def _fill(self, vol: DeviceVolume, raw: Mapping[str, Any], part: Partition) -> bool:
+    async def _fill(self, vol: DeviceVolume, raw: Mapping[str, Any], part: Partition) -> int | None:
         """A clone or a restore: copy the source volume's (or snapshot's) partition, on this node, onto the new one
-        in place of the wipe, reporting progress in status.copiedBytes. False when it failed for good (status
-        Failed says why)."""
+        in place of the wipe, reporting progress in status.copiedBytes. The bytes copied, or None when it failed for
+        good (status Failed says why)."""
         clone_of = vol.annotations.get(c.CLONE_SOURCE_ANNOTATION, "")
         snapshot = vol.annotations.get(c.RESTORE_SOURCE_ANNOTATION, "")
         found: tuple[PoolDisk, Any] | None
@@ -300,7 +304,7 @@ class VolumeReconciler:
             pool, pname = (snap.pool if snap else ""), naming.snapshot_partition_name(snapshot)
         if not usable:
             await self._fail(vol, raw, ErrorCode.INTERNAL, f"{what} is not ready on node {self._node}")
-            return False
+            return None
         found = await self._parts.find(self._pool_disks(pool), pname)
         if found is None:
             raise Retry(f"{what}: partition not found on pool {pool!r} (its disk is absent?)")
@@ -317,7 +321,7 @@ class VolumeReconciler:
                 copied = await self._parts.fill_from(src_part.node, part.node, vol.pool, progress)
         except SourceBusy as e:
             await self._fail(vol, raw, ErrorCode.INTERNAL, f"copy of {what} refused: {e}")
-            return False
+            return None
         took = time.monotonic() - start
         log.info(
             "volume %s: copied %d bytes of %s in %.2f s (%.0f MiB/s)",
@@ -327,7 +331,7 @@ class VolumeReconciler:
             took,
             copied / c.MIB / max(took, 1e-6),
         )
-        return True
+        return copied
 
     async def _carve(
         self, vol: DeviceVolume, raw: Mapping[str, Any], disks: list[PoolDisk], pname: str

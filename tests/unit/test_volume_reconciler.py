@@ -217,6 +217,7 @@ async def test_a_clone_is_filled_from_its_source_not_wiped() -> None:
     clone = await w.ready(**{c.CLONE_SOURCE_ANNOTATION: source})
     assert w.slot(clone).content == "copy of source data"
     assert w.obj(clone).state is State.READY
+    assert w.kube.objects[c.VOLUME_PLURAL][clone]["status"]["copiedBytes"] == 64 * MIB
 
 
 async def test_a_clone_of_a_source_that_cannot_be_frozen_fails() -> None:
