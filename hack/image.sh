@@ -2,7 +2,7 @@
 # Build, with podman and without any container registry, every image the deploy/ manifests use, save each one
 # as a docker-archive tarball in a cache outside the repo, and print the tarballs' paths.
 #
-#   hack/image.sh                 build what is missing; stdout: one archive path per line (4 lines)
+#   hack/image.sh                 build what is missing; stdout: one archive path per line (5 lines)
 #   hack/image.sh --print-sizes   build nothing; stdout: image, size and build time of the current archives
 #   hack/image.sh --rebuild       cold build: new base rootfs, no podman layer cache, archives replaced
 #
@@ -10,6 +10,7 @@
 #   docker.io/openebs/device-localpv:<project version>   the repo's Dockerfile, on a base made from Debian packages
 #   registry.k8s.io/sig-storage/csi-provisioner:<EXTERNAL_PROVISIONER_VERSION>
 #   registry.k8s.io/sig-storage/csi-resizer:<EXTERNAL_RESIZER_VERSION>
+#   registry.k8s.io/sig-storage/csi-snapshotter:<EXTERNAL_SNAPSHOTTER_VERSION>
 #                                                         FROM scratch + the static binary built by hack/tools.sh
 #   registry.k8s.io/pause:<PAUSE_VERSION>                 FROM scratch + hack/pause/pause.c compiled static
 #
@@ -61,6 +62,7 @@ project_version=$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.a
 DRIVER_IMAGE=docker.io/openebs/device-localpv:$project_version
 PROVISIONER_IMAGE=registry.k8s.io/sig-storage/csi-provisioner:$EXTERNAL_PROVISIONER_VERSION
 RESIZER_IMAGE=registry.k8s.io/sig-storage/csi-resizer:$EXTERNAL_RESIZER_VERSION
+SNAPSHOTTER_IMAGE=registry.k8s.io/sig-storage/csi-snapshotter:$EXTERNAL_SNAPSHOTTER_VERSION
 PAUSE_IMAGE=registry.k8s.io/pause:$PAUSE_VERSION
 max_driver_mb=${DEVICE_LOCALPV_MAX_DRIVER_MB:-250}
 
@@ -288,6 +290,10 @@ build_resizer() {  # build_resizer <archive>
   build_scratch "$RESIZER_IMAGE" "$1" "$resizer_bin" "$(date +%s)"
 }
 
+build_snapshotter() {  # build_snapshotter <archive>
+  build_scratch "$SNAPSHOTTER_IMAGE" "$1" "$snapshotter_bin" "$(date +%s)"
+}
+
 build_pause() {  # build_pause <archive>
   local start
   start=$(date +%s)
@@ -319,12 +325,15 @@ sidecar_bin() {
 }
 prov_bin=$(sidecar_bin CSI_PROVISIONER_BIN csi-provisioner)
 resizer_bin=$(sidecar_bin CSI_RESIZER_BIN csi-resizer)
+snapshotter_bin=$(sidecar_bin CSI_SNAPSHOTTER_BIN csi-snapshotter)
 
 driver_archive=$(archive_path "device-localpv-$project_version" "$(driver_key)")
 prov_archive=$(archive_path "csi-provisioner-$EXTERNAL_PROVISIONER_VERSION" "$(sidecar_key "$PROVISIONER_IMAGE" "$prov_bin")")
 resizer_archive=$(archive_path "csi-resizer-$EXTERNAL_RESIZER_VERSION" "$(sidecar_key "$RESIZER_IMAGE" "$resizer_bin")")
+snapshotter_archive=$(archive_path "csi-snapshotter-$EXTERNAL_SNAPSHOTTER_VERSION" \
+  "$(sidecar_key "$SNAPSHOTTER_IMAGE" "$snapshotter_bin")")
 pause_archive=$(archive_path "pause-$PAUSE_VERSION" "$(pause_key)")
-archives=("$driver_archive" "$prov_archive" "$resizer_archive" "$pause_archive")
+archives=("$driver_archive" "$prov_archive" "$resizer_archive" "$snapshotter_archive" "$pause_archive")
 
 summary() {  # per image: name, uncompressed size (podman's figure), build time
   local a size seconds how
@@ -348,6 +357,7 @@ for a in "${archives[@]}"; do
     "$driver_archive") build_driver "$a" ;;
     "$prov_archive") build_provisioner "$a" ;;
     "$resizer_archive") build_resizer "$a" ;;
+    "$snapshotter_archive") build_snapshotter "$a" ;;
     "$pause_archive") build_pause "$a" ;;
   esac
   built_now[$a]=1

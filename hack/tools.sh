@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build (once) the Go-built tools the tests and the demo need, into a versioned cache outside the repo.
-# Usage: hack/tools.sh [all|etcd|kube|kubelet|helm|csi-sanity|csi-provisioner|csi-resizer|original|csi-proto|kubelet-proto|env|dir]
+# Usage: hack/tools.sh [all|etcd|kube|kubelet|helm|csi-sanity|csi-provisioner|csi-resizer|csi-snapshotter|original|csi-proto|kubelet-proto|env|dir]
 # Prints nothing but progress on stderr; the cache dir is printed on stdout by `hack/tools.sh dir`.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -106,6 +106,32 @@ build_resizer() {
   build_sidecar github.com/kubernetes-csi/external-resizer/v2 csi-resizer "$EXTERNAL_RESIZER_VERSION" external-resizer
 }
 
+# The CSI snapshot sidecar and the cluster's snapshot controller, from one module in one scratch module (one Go
+# build cache), plus the snapshot CRDs of the same release (config/crd of its client module, which the main module
+# replaces with its own ./client, a path the module proxy does not serve: the client at the same version is used).
+build_snapshotter() {
+  local mod=github.com/kubernetes-csi/external-snapshotter/v8 ver=$EXTERNAL_SNAPSHOTTER_VERSION out
+  out=$(bin_dir external-snapshotter "$ver-stripped")
+  [[ -x $out/csi-snapshotter && -x $out/snapshot-controller && -e $out/crd/groupsnapshot.storage.k8s.io_volumegroupsnapshots.yaml ]] && return 0
+  log "building csi-snapshotter and snapshot-controller $ver"
+  local d; d=$(scratch)
+  local gomod; gomod=$(go mod download -json "$mod@$ver" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  local client; client=$(go mod download -json "${mod%/v8}/client/v8@$ver" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  rm -rf "$out.tmp"
+  (
+    cd "$d"
+    copy_replaces "$gomod"
+    go get "${mod%/v8}/client/v8@$ver" "$mod/cmd/csi-snapshotter@$ver" "$mod/cmd/snapshot-controller@$ver" >&2
+    for cmd in csi-snapshotter snapshot-controller; do
+      go build -ldflags "-s -w -X main.version=$ver" -o "$out.tmp/$cmd" "$mod/cmd/$cmd" >&2
+    done
+  )
+  mkdir -p "$out.tmp/crd"
+  cp "$client"/config/crd/*snapshot.storage.k8s.io_*.yaml "$out.tmp/crd/"  # volume and volume group snapshots
+  chmod u+w "$out.tmp/crd"/*.yaml
+  mv "$out.tmp" "$out"; rm -rf "$d"
+}
+
 # The original Go driver (openebs/device-localpv), a test component only. Its go.mod has replace directives, so
 # `go install mod@ver` refuses it: copy them into a scratch module and build ./cmd there, stamped like its own build.
 build_original() {
@@ -158,6 +184,8 @@ case $cmd in
     echo "CSI_SANITY_BIN=$(bin_dir csi-test "$CSI_TEST_VERSION")/csi-sanity"
     echo "CSI_PROVISIONER_BIN=$(bin_dir external-provisioner "$EXTERNAL_PROVISIONER_VERSION-stripped")/csi-provisioner"
     echo "CSI_RESIZER_BIN=$(bin_dir external-resizer "$EXTERNAL_RESIZER_VERSION-stripped")/csi-resizer"
+    echo "SNAPSHOTTER_DIR=$(bin_dir external-snapshotter "$EXTERNAL_SNAPSHOTTER_VERSION-stripped")"
+    echo "CSI_SNAPSHOTTER_BIN=$(bin_dir external-snapshotter "$EXTERNAL_SNAPSHOTTER_VERSION-stripped")/csi-snapshotter"
     echo "HELM_BIN=$(bin_dir helm "$HELM_VERSION")/helm"
     echo "ORIGINAL_BIN=$(bin_dir device-localpv-original "$ORIGINAL_VERSION")/device-driver" ;;
   csi-proto) csi_proto ;;
@@ -169,11 +197,12 @@ case $cmd in
   csi-sanity) build_csi_sanity ;;
   csi-provisioner) build_provisioner ;;
   csi-resizer) build_resizer ;;
+  csi-snapshotter) build_snapshotter ;;
   original) build_original ;;
   all)
     start=$(date +%s)
     build_etcd; build_csi_sanity; build_kube kube-apiserver kubectl kube-controller-manager kube-scheduler kubelet
-    build_provisioner; build_resizer; build_helm; build_original
+    build_provisioner; build_resizer; build_snapshotter; build_helm; build_original
     log "tools ready in $(( $(date +%s) - start ))s under $cache_root" ;;
   *) echo "unknown tool: $cmd" >&2; exit 2 ;;
 esac

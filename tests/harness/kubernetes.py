@@ -1,6 +1,7 @@
-"""A multi-node test cluster on one machine: the API server plus kube-controller-manager, kube-scheduler and the
-external csi-provisioner and csi-resizer (all real), our controller, and one agent per simulated node with its own
-loop disks, its own socket, its own Node and CSINode objects."""
+"""A multi-node test cluster on one machine: the API server plus kube-controller-manager, kube-scheduler, the
+snapshot CRDs and snapshot-controller, and the external csi-provisioner, csi-resizer and csi-snapshotter (all real),
+our controller, and one agent per simulated node with its own loop disks, its own socket, its own Node and CSINode
+objects."""
 
 from __future__ import annotations
 
@@ -27,10 +28,20 @@ KCM_CONTROLLERS = ",".join(
 )
 
 
+def _tool_env(key: str) -> str:
+    out = subprocess.run([str(ROOT / "hack" / "tools.sh"), "env"], check=True, capture_output=True, text=True).stdout
+    return next(line.split("=", 1)[1] for line in out.splitlines() if line.startswith(f"{key}="))
+
+
 def resizer_binary() -> str:
     """csi-resizer as `hack/tools.sh csi-resizer` builds it."""
-    out = subprocess.run([str(ROOT / "hack" / "tools.sh"), "env"], check=True, capture_output=True, text=True).stdout
-    return next(line.split("=", 1)[1] for line in out.splitlines() if line.startswith("CSI_RESIZER_BIN="))
+    return _tool_env("CSI_RESIZER_BIN")
+
+
+def snapshotter_dir() -> Path:
+    """csi-snapshotter, snapshot-controller and the snapshot CRDs (crd/) as `hack/tools.sh csi-snapshotter` builds
+    them."""
+    return Path(_tool_env("SNAPSHOTTER_DIR"))
 
 
 @dataclass
@@ -54,6 +65,31 @@ class KubeCluster:
     def start_kube_components(self) -> None:
         admin = self.api.identities["admin"].kubeconfig
         self.procs += start_kube_components(self.tools, admin, self.workdir, KCM_CONTROLLERS, "--concurrent-gc-syncs=5")
+        # Volume snapshots: the cluster's add-on (CRDs and snapshot-controller), as a cluster operator installs it.
+        snap = snapshotter_dir()
+        for crd in sorted((snap / "crd").glob("*.yaml")):
+            self.api.kubectl("apply", "--server-side", "-f", str(crd))
+        self.api.kubectl(
+            "wait",
+            "--for=condition=Established",
+            "crd/volumesnapshots.snapshot.storage.k8s.io",
+            "crd/volumesnapshotcontents.snapshot.storage.k8s.io",
+            "crd/volumesnapshotclasses.snapshot.storage.k8s.io",
+            "--timeout=30s",
+        )
+        self.procs.append(
+            spawn(
+                [
+                    str(snap / "snapshot-controller"),
+                    f"--kubeconfig={admin}",
+                    "--leader-election=false",
+                    "--retry-interval-start=500ms",
+                    "--retry-interval-max=5s",
+                    "--v=2",
+                ],
+                self.workdir / "snapshot-controller.log",
+            )
+        )
 
     def start_driver(self, capacity_poll: str = "1s") -> None:
         self.driver = Driver(self.api, self.workdir)
@@ -83,6 +119,24 @@ class KubeCluster:
                     "--v=2",
                 ],
                 self.workdir / "csi-provisioner.log",
+                env=env,
+            )
+        )
+        # VolumeSnapshotContents become CreateSnapshot/DeleteSnapshot.
+        self.procs.append(
+            spawn(
+                [
+                    str(snapshotter_dir() / "csi-snapshotter"),
+                    f"--kubeconfig={self.api.identities['controller'].kubeconfig}",
+                    f"--csi-address={ctl.socket}",
+                    "--leader-election=false",
+                    "--timeout=60s",
+                    "--extra-create-metadata",
+                    "--retry-interval-start=500ms",
+                    "--retry-interval-max=5s",
+                    "--v=2",
+                ],
+                self.workdir / "csi-snapshotter.log",
                 env=env,
             )
         )

@@ -24,13 +24,14 @@ def test_workloads_ready_and_plugin_registered(node: NodeCluster) -> None:
     assert TOPOLOGY_KEY in registered["topologyKeys"]
 
     # One leader Lease, written by the leading Pod's csi-provisioner and followed by its driver; beside it only
-    # csi-resizer's own Lease and one heartbeat Lease per agent.
+    # the Leases of csi-resizer and csi-snapshotter and one heartbeat Lease per agent.
     def holder() -> object:
         leases = json.loads(node.kubectl("get", "lease", "-n", NAMESPACE, "-o", "json"))["items"]
         names = {item["metadata"]["name"] for item in leases}
         assert names <= {
             "device-csi-openebs-io",
             "external-resizer-device-csi-openebs-io",
+            "external-snapshotter-leader-device-csi-openebs-io",
             f"device-localpv-agent.{NODE}",
         }
         leader = [item for item in leases if item["metadata"]["name"] == "device-csi-openebs-io"]

@@ -214,6 +214,15 @@ def _resizer(objects: Objects) -> Obj:
     return _container(objects, CONTROLLER, "csi-resizer")
 
 
+def _snapshotter(objects: Objects) -> Obj:
+    return _container(objects, CONTROLLER, "csi-snapshotter")
+
+
+def _sidecars(objects: Objects) -> tuple[Obj, ...]:
+    """The controller's sidecars that elect a leader."""
+    return _provisioner(objects), _resizer(objects), _snapshotter(objects)
+
+
 def _env(container: Obj) -> dict[str, str]:
     """The plain (value, not valueFrom) environment variables of a container."""
     return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
@@ -528,7 +537,7 @@ def test_device_regexes(helm: str, default: Objects) -> None:
 def test_lease_seconds(helm: str, default: Objects) -> None:
     def change(objects: Objects) -> None:
         _add_env(_driver(objects, CONTROLLER), "LEASE_SECONDS", "30")
-        for sidecar in (_provisioner(objects), _resizer(objects)):
+        for sidecar in _sidecars(objects):
             args = sidecar["args"]
             at = args.index(f"--leader-election-namespace={NAMESPACE}") + 1
             args[at:at] = [
@@ -546,7 +555,7 @@ def test_leader_election_disabled(helm: str, default: Objects) -> None:
     def change(objects: Objects) -> None:
         objects[CONTROLLER]["spec"]["replicas"] = 1
         _add_env(_driver(objects, CONTROLLER), "LEADER_ELECTION", "false")
-        for sidecar in (_provisioner(objects), _resizer(objects)):
+        for sidecar in _sidecars(objects):
             sidecar["args"].remove("--leader-election")
             sidecar["args"].remove(f"--leader-election-namespace={NAMESPACE}")
 
@@ -554,7 +563,7 @@ def test_leader_election_disabled(helm: str, default: Objects) -> None:
     got = _render(helm, values)
     _assert_same(_expect(default, change), got)
     assert _settings(_driver(got, CONTROLLER), Role.CONTROLLER).leader_election is False
-    for sidecar in (_provisioner(got), _resizer(got)):
+    for sidecar in _sidecars(got):
         assert not [a for a in sidecar["args"] if a.startswith("--leader-election")]
 
     # Two replicas without a leader would both provision every claim.
@@ -569,6 +578,7 @@ def test_images(helm: str, default: Objects) -> None:
             _pod(objects, key)["imagePullSecrets"] = [{"name": "regcred"}]
         _provisioner(objects).update(image="mirror.example.com/csi-provisioner:v9", imagePullPolicy="Never")
         _resizer(objects).update(image="mirror.example.com/csi-resizer:v8", imagePullPolicy="Always")
+        _snapshotter(objects).update(image="mirror.example.com/csi-snapshotter:v9", imagePullPolicy="Always")
 
     values: Obj = {
         "image": {"repository": "registry.example.com/device-localpv", "tag": "dev", "pullPolicy": "Always"},
@@ -576,6 +586,9 @@ def test_images(helm: str, default: Objects) -> None:
             "image": {"repository": "mirror.example.com/csi-provisioner", "tag": "v9", "pullPolicy": "Never"}
         },
         "csiResizer": {"image": {"repository": "mirror.example.com/csi-resizer", "tag": "v8", "pullPolicy": "Always"}},
+        "csiSnapshotter": {
+            "image": {"repository": "mirror.example.com/csi-snapshotter", "tag": "v9", "pullPolicy": "Always"}
+        },
         "imagePullSecrets": [{"name": "regcred"}],
     }
     _assert_same(_expect(default, change), _render(helm, values))
@@ -605,7 +618,7 @@ def _move_namespace(objects: Objects, namespace: str) -> Objects:
             subject["namespace"] = namespace
         moved[(api, kind, ns, name)] = obj
     key = (CONTROLLER[0], CONTROLLER[1], namespace, CONTROLLER[3])
-    for sidecar in ("csi-provisioner", "csi-resizer"):
+    for sidecar in ("csi-provisioner", "csi-resizer", "csi-snapshotter"):
         args = _container(moved, key, sidecar)["args"]
         args[args.index(f"--leader-election-namespace={NAMESPACE}")] = f"--leader-election-namespace={namespace}"
     return moved
@@ -647,6 +660,7 @@ def test_placement_and_resources(helm: str, default: Objects) -> None:
         _driver(objects, CONTROLLER)["resources"] = resources
         del _provisioner(objects)["resources"]
         del _resizer(objects)["resources"]
+        del _snapshotter(objects)["resources"]
 
     values: Obj = {
         "agent": {
@@ -664,5 +678,18 @@ def test_placement_and_resources(helm: str, default: Objects) -> None:
         },
         "csiProvisioner": {"resources": None},
         "csiResizer": {"resources": None},
+        "csiSnapshotter": {"resources": None},
     }
     _assert_same(_expect(default, change), _render(helm, values))
+
+
+def test_snapshot_class_only_when_asked(helm: str, default: Objects) -> None:
+    """Off by default (it needs the snapshot CRDs); when asked, the class of deploy/optional/snapshotclass.yaml."""
+    assert not [k for k in default if k[1] == "VolumeSnapshotClass"]
+    got = _render(helm, {"snapshotClass": {"create": True}})
+    [key] = [k for k in got if k[1] == "VolumeSnapshotClass"]
+    with (DEPLOY / "optional" / "snapshotclass.yaml").open(encoding="utf-8") as f:
+        assert got[key] == yaml.safe_load(f)
+    retain = _render(helm, {"snapshotClass": {"create": True, "deletionPolicy": "Retain", "name": "keep"}})
+    assert [o["deletionPolicy"] for k, o in retain.items() if k[1] == "VolumeSnapshotClass"] == ["Retain"]
+    assert "deletionPolicy" in _render_error(helm, {"snapshotClass": {"create": True, "deletionPolicy": "Forever"}})

@@ -390,6 +390,23 @@ def test_resizer_permissions() -> None:
     assert not _grants(cluster, "storage.k8s.io", "volumeattributesclasses")
 
 
+def test_snapshotter_permissions() -> None:
+    """csi-snapshotter reads VolumeSnapshotClasses and writes VolumeSnapshotContents and their status;
+    csi-provisioner reads VolumeSnapshots and their contents to restore a claim; the driver manages DeviceSnapshots
+    and the agents copy them. Nobody may create or delete VolumeSnapshots (the snapshot-controller's job)."""
+    cluster = _rules("ClusterRole", "openebs-device-controller")
+    snap = "snapshot.storage.k8s.io"
+    assert _grants(cluster, snap, "volumesnapshotclasses") == {"get", "list", "watch"}
+    assert _grants(cluster, snap, "volumesnapshots") == {"get", "list", "watch"}
+    assert _grants(cluster, snap, "volumesnapshotcontents") == {"get", "list", "watch", "update", "patch"}
+    assert _grants(cluster, snap, "volumesnapshotcontents/status") == {"update", "patch"}
+    role = _rules("Role", "openebs-device-controller")
+    assert _grants(role, GROUP, "devicesnapshots") == {"get", "list", "watch", "create", "delete", "patch"}
+    agent = _rules("Role", "openebs-device-node")
+    assert _grants(agent, GROUP, "devicesnapshots") == {"get", "list", "watch", "patch"}
+    assert _grants(agent, GROUP, "devicesnapshots/status") == {"get", "patch"}
+
+
 def test_agent_permissions() -> None:
     role = _rules("Role", "openebs-device-node")
     cluster = _rules("ClusterRole", "openebs-device-node")
@@ -412,7 +429,7 @@ def test_controller_deployment() -> None:
     assert deployment["spec"]["replicas"] == 2
     assert pod["serviceAccountName"] == CONTROLLER_SA
     containers = _containers(deployment)
-    assert set(containers) == {"csi-provisioner", "csi-resizer", "device-driver"}
+    assert set(containers) == {"csi-provisioner", "csi-resizer", "csi-snapshotter", "device-driver"}
     provisioner = containers["csi-provisioner"]
     assert provisioner["image"] == "registry.k8s.io/sig-storage/csi-provisioner:v6.3.0"
     args = provisioner["args"]
@@ -446,6 +463,16 @@ def test_controller_deployment() -> None:
     ):
         assert flag in resizer["args"], flag
     assert _env(resizer)["ADDRESS"]["value"] == penv["ADDRESS"]["value"]
+    snapshotter = containers["csi-snapshotter"]
+    assert snapshotter["image"] == "registry.k8s.io/sig-storage/csi-snapshotter:v8.7.0"
+    for flag in (
+        "--csi-address=$(ADDRESS)",
+        "--leader-election",
+        "--leader-election-namespace=openebs",
+        "--timeout=120s",
+    ):
+        assert flag in snapshotter["args"], flag
+    assert _env(snapshotter)["ADDRESS"]["value"] == penv["ADDRESS"]["value"]
     driver = containers["device-driver"]
     assert driver["image"] == "openebs/device-localpv:0.1.0"
     assert driver["args"] == ["controller"]

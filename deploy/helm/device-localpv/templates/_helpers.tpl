@@ -24,6 +24,12 @@ Image of the csi-provisioner sidecar.
 {{/*
 Image of the csi-resizer sidecar.
 */}}
+{{- define "device-localpv.snapshotterImage" -}}
+{{- with .Values.csiSnapshotter.image -}}
+{{- printf "%s:%s" .repository (.tag | toString) -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "device-localpv.resizerImage" -}}
 {{- with .Values.csiResizer.image -}}
 {{- printf "%s:%s" .repository (.tag | toString) -}}
