@@ -173,7 +173,10 @@ class Provisioner:
         lock = self._locks.setdefault(name, asyncio.Lock())
         try:
             async with lock:
-                vol = await self._existing(name, req, params.pool)
+                # The cache answers a retry of a volume this controller has seen; a create that finds the name
+                # taken (a volume the cache has not caught up with) reads it from the API server instead. So a first
+                # CreateVolume costs one request, not a read and a create.
+                vol = await self._existing(name, req, params.pool, self._cluster.volumes.get(name))
                 if vol is None:
                     if source is not None:
                         node = self._copy_node(source.owner_node, f"a clone of {source.name}", params.pool, size, req)
@@ -182,17 +185,29 @@ class Provisioner:
                         node = self._copy_node(snapshot.owner_node, what, params.pool, size, req)
                     else:
                         node = self._choose(params.pool, size, req, params.policy)
-                    vol = await self._create_object(name, req.name, node, params.pool, size, req, params.room_to_grow)
+                    try:
+                        vol = await self._create_object(
+                            name, req.name, node, params.pool, size, req, params.room_to_grow
+                        )
+                    except Exception:
+                        raw = await self._store.get_volume(name)
+                        if raw is None:
+                            raise
+                        vol = await self._existing(name, req, params.pool, volume_from_dict(raw))
+                        if vol is None:
+                            raise
                 return await self._outcome(vol)
         finally:
             if not lock.locked():
                 self._locks.pop(name, None)
 
-    async def _existing(self, name: str, req: CreateRequest, pool: str) -> DeviceVolume | None:
-        raw = await self._store.get_volume(name)
-        if raw is None:
+    async def _existing(
+        self, name: str, req: CreateRequest, pool: str, vol: DeviceVolume | None
+    ) -> DeviceVolume | None:
+        """The volume this request names, if it exists and matches it (else ALREADY_EXISTS, or ABORTED while it is
+        being deleted); None when there is none, or its placement was withdrawn."""
+        if vol is None:
             return None
-        vol = volume_from_dict(raw)
         if vol.deleting:
             raise Aborted(f"volume {name} is still being deleted; retry shortly")
         if await self._withdrawn(vol):
@@ -395,9 +410,7 @@ class Provisioner:
             raise InvalidArgument("volume_id must not be empty")
         if not naming.is_valid_volume_id(volume_id):
             return  # no object can carry this name: it does not exist, and deleting nothing succeeds
-        if await self._store.get_volume(volume_id) is None:
-            return
-        await self._store.delete_volume(volume_id)
+        await self._store.delete_volume(volume_id)  # deleting an absent volume succeeds: no read first
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
         while True:

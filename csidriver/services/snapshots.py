@@ -204,7 +204,10 @@ class Snapshotter:
             cached = self._cluster.snapshots.get(name)
             failing = _failing(cached) if cached is not None else None
             if failing is not None and loop.time() - start >= FAILURE_GRACE:
-                raise Internal(f"snapshot {name}: {failing[1]} (the agent keeps retrying)")
+                reason, message = failing
+                if reason in ("NotAPoolDisk", "PartitionBusy"):
+                    raise FailedPrecondition(f"snapshot {name}: {message}")
+                raise Internal(f"snapshot {name}: {message} (the agent keeps retrying)")
         if final is None or final.deleting:
             raise Aborted(f"snapshot {name} was deleted while it was being made")
         if final.state is State.FAILED:
