@@ -11,7 +11,9 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import logging
 import os
+import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
@@ -19,9 +21,10 @@ from csidriver.api.naming import GPT_NAME
 
 from .clone import Freezer, SourceBusy, copy_device, source_use
 from .disks import PoolDisk, device_users, kernel_geometry, kernel_partition, read_table
-from .parsers import MIB, DiskTable, Extent, PartitionEntry, free_extents, partition_node
+from .parsers import MIB, DiskTable, Extent, PartitionEntry, free_extents, parse_mountinfo, partition_node
 from .runner import Runner
 
+log = logging.getLogger(__name__)
 LINUX_FS_TYPE = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 # sfdisk locks only when asked (--lock or $LOCK_BLOCK_DEVICE); we hold the flock, so forbid it.
 _SFDISK_WRITE = ("sfdisk", "--lock=no", "--no-reread", "--no-tell-kernel", "--wipe=never", "--quiet")
@@ -241,11 +244,47 @@ class PartitionManager:
             await asyncio.to_thread(copy_device, src, real, length, progress)
         if size > length:
             await asyncio.to_thread(zero_tail, real, MIB)
+        await self._new_identity(real)
         return length
 
+    async def _new_identity(self, node: str) -> None:
+        """A block copy carries its source's filesystem UUID, and xfs refuses to mount a filesystem whose UUID is
+        already mounted (a clone beside its source, a restore beside the volume snapshotted): an xfs copy gets a UUID
+        of its own. Its log is not clean (a frozen filesystem keeps its log), and xfs_admin changes only a clean
+        one: the copy is mounted once with `nouuid` in a private directory and unmounted (log replayed), then given
+        a new UUID. Best effort: a copy that keeps its source's UUID still mounts while the source is not mounted.
+        ext4 mounts duplicates; btrfs gives a single-device duplicate a temporary fsid."""
+        if await self._fs_type(node) != "xfs":
+            return
+        before = await self._fs_uuid(node)
+        scratch = await asyncio.to_thread(tempfile.mkdtemp, prefix="copy-", dir=self._lock_dir)
+        try:
+            mounted = await self._runner.run(["mount", "-t", "xfs", "-o", "nouuid", "--", node, scratch], check=False)
+            if mounted.returncode == 0:
+                await self._runner.run(["umount", "--", scratch], timeout=60.0)
+            await self._runner.run(["xfs_admin", "-U", "generate", "--", node], timeout=60.0, check=False)
+        finally:
+            await asyncio.to_thread(os.rmdir, scratch)
+        if await self._fs_uuid(node) == before:
+            log.warning("%s: the copied xfs keeps its source's UUID %s", node, before)
+
+    async def _fs_type(self, node: str) -> str:
+        done = await self._runner.run(["blkid", "-p", "-o", "value", "-s", "TYPE", "--", node], check=False)
+        return done.stdout.strip()
+
+    async def _fs_uuid(self, node: str) -> str:
+        done = await self._runner.run(["blkid", "-p", "-o", "value", "-s", "UUID", "--", node], check=False)
+        return done.stdout.strip()
+
     async def thaw_leftovers(self) -> list[str]:
-        """Thaw filesystems a copy froze in a run that died before thawing them."""
-        return await self._freezer.thaw_leftovers()
+        """Undo what a copy cut short by a crash left: thaw the filesystems it froze, and unmount and remove the
+        private mount of a copy being given a new identity (which would keep its partition busy)."""
+        thawed = await self._freezer.thaw_leftovers()
+        for point in await asyncio.to_thread(_copy_mounts, self._lock_dir, self._mountinfo):
+            await self._runner.run(["umount", "--", point], timeout=60.0, check=False)
+            log.warning("unmounted %s, left by a copy that did not finish", point)
+        await asyncio.to_thread(_remove_copy_dirs, self._lock_dir)
+        return thawed
 
     async def wipe(self, node: str, *, pool: str | None = None) -> None:
         """Erase signatures and the first/last MiB of a partition (never #1, never a whole disk).
@@ -447,3 +486,20 @@ def _close_all(fds: list[int]) -> None:
     for fd in fds:
         with contextlib.suppress(OSError):
             os.close(fd)
+
+
+def _copy_mounts(lock_dir: str, mountinfo: str) -> list[str]:
+    """Mount points of copies being given a new identity (`copy-*` under the lock directory), newest first."""
+    prefix = os.path.join(os.path.realpath(lock_dir), "copy-")
+    with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
+        mounts = parse_mountinfo(f.read())
+    return [m.mount_point for m in reversed(mounts) if m.mount_point.startswith(prefix)]
+
+
+def _remove_copy_dirs(lock_dir: str) -> None:
+    if not os.path.isdir(lock_dir):
+        return
+    for name in os.listdir(lock_dir):
+        if name.startswith("copy-"):
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(lock_dir, name))

@@ -173,12 +173,48 @@ def test_a_filesystem_left_frozen_by_a_crash_is_thawed_at_start(
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(target)
         subprocess.run(["fsfreeze", "--freeze", target], check=True)
+        # A copy's private mount, left by a crash while the copy was being given a new filesystem identity.
+        leftover = cluster.workdir / "locks" / "copy-crashed"
+        leftover.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "copy-leftover", str(leftover)], check=True)
         restarted = cluster.driver.agent(NODE, [disk.device])
         restarted.wait_ready()
         Path(target, "written").write_bytes(b"thawed")  # would block while frozen
         assert not marker.exists()
+        assert not leftover.exists()
     finally:
         subprocess.run(["fsfreeze", "--unfreeze", target], check=False, capture_output=True)
         node_ch = grpc.insecure_channel(f"unix://{cluster.driver.processes['agent-' + NODE].socket}")
         unpublish(node_ch, source.volume_id, target)
         delete(cluster.controller_channel, source.volume_id)
+
+
+@pytest.mark.parametrize(("fs", "size"), [("xfs", 304 * MIB), ("btrfs", 160 * MIB)])
+def test_a_clone_mounts_beside_its_mounted_source(
+    cluster: Cluster, clone_node: tuple[Process, LoopDisk], fs: str, size: int
+) -> None:
+    """A block copy carries its source's filesystem UUID; xfs refuses to mount a second filesystem with a UUID
+    already mounted, and btrfs one with a known fsid. The copy gets an identity of its own, so both are mounted on
+    the same node at once, and the clone still holds the files."""
+    agent, _ = clone_node
+    node_ch = grpc.insecure_channel(f"unix://{agent.socket}")
+    cap = mount_cap(fs)
+    source = _create(cluster, size, cap=cap)
+    src_target = str(cluster.workdir / f"clone-src-{fs}-{source.volume_id}")
+    publish(node_ch, source, src_target, cap=cap)
+    Path(src_target, "data").write_bytes(data := os.urandom(MIB))
+    clone_id = ""
+    try:
+        clone = _create(cluster, 0, source=source.volume_id, cap=cap)
+        clone_id = clone.volume_id
+        target = str(cluster.workdir / f"clone-{fs}-{clone.volume_id}")
+        publish(node_ch, clone, target, cap=cap)
+        try:
+            assert Path(target, "data").read_bytes() == data
+        finally:
+            unpublish(node_ch, clone.volume_id, target)
+    finally:
+        unpublish(node_ch, source.volume_id, src_target)
+        for v in (clone_id, source.volume_id):
+            if v:
+                delete(cluster.controller_channel, v)
