@@ -50,6 +50,7 @@ class Informer:
         self._handlers: list[Handler] = []
         self.cache: dict[str, Obj] = {}
         self.synced = asyncio.Event()
+        self._resume = ""  # resourceVersion of the last event or bookmark delivered by the current watch
 
     def subscribe(self, handler: Handler) -> None:
         self._handlers.append(handler)
@@ -101,6 +102,9 @@ class Informer:
             self._emit(name, prev, obj)
 
     async def _watch(self, rv: str) -> str:
+        """Watch from `rv`; `self._resume` follows every event and bookmark delivered, so a watch that breaks is
+        resumed from the last one, not from where it started (which would deliver its events twice, or expire)."""
+        self._resume = rv
         w = watch.Watch()
         async with w.stream(
             self._lister,
@@ -116,6 +120,7 @@ class Informer:
                 rv = obj.get("metadata", {}).get("resourceVersion", rv)
                 if kind in ("ADDED", "MODIFIED", "DELETED"):
                     self._apply(kind, obj)
+                self._resume = rv
         return rv
 
     async def run(self) -> None:
@@ -136,10 +141,14 @@ class Informer:
                     log.info("informer %s: resource version expired, relisting", self._what)
                     rv = None
                     continue
+                if rv is not None:
+                    rv = self._resume
                 log.warning("informer %s: API error %s, retrying in %.1fs", self._what, e.status, backoff)
                 await asyncio.sleep(backoff * (1 + random.random()))
                 backoff = min(backoff * 2, 30.0)
             except Exception as e:
+                if rv is not None:
+                    rv = self._resume  # the last version delivered before the connection broke
                 log.warning("informer %s: %s, retrying in %.1fs", self._what, e, backoff)
                 await asyncio.sleep(backoff * (1 + random.random()))
                 backoff = min(backoff * 2, 30.0)

@@ -101,8 +101,13 @@ class LeaseElector:
             if mine and not expired:
                 # Renewed by our Pod at the latest when we first saw this renewal.
                 self._renewed_at = max(self._renewed_at, self._seen[1])
+            elif not mine:
+                # Released, or taken by another Pod: that Pod's driver may lead from now on, so this one stops at
+                # once rather than when its last renewal seen grows old.
+                self._renewed_at = 0.0
             return
         if not (mine or not spec.holder_identity or expired):
+            self._renewed_at = 0.0  # another identity holds it, unexpired: not ours (any more)
             return
         transitions = (spec.lease_transitions or 0) + (0 if mine else 1)
         body = self._body(transitions, spec.acquire_time if mine else None)

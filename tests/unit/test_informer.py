@@ -277,11 +277,6 @@ async def test_a_failing_handler_does_not_stop_the_others_or_the_informer(sleeps
         assert sleeps == [] and set(inf.cache) == {"a", "b"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Informer.run keeps the version a failed watch started from, so the events and bookmarks it delivered "
-    "before the connection broke are replayed (or, after a long watch, answered with 410 and a full relist)",
-)
 async def test_a_broken_watch_resumes_from_the_last_version_it_delivered(sleeps: list[float]) -> None:
     async with running() as (server, _inf, _seen):
         server.push(Page([], rv="10"), Stream([event("ADDED", obj("a", "11")), bookmark("15"), OSError("reset")]))

@@ -302,11 +302,6 @@ async def test_follower_of_an_expired_lease_of_another_identity_never_takes_it(c
     assert not follower.is_leader() and leases.writes == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a follower that reads the Lease held by another identity keeps leading until its last renewal seen is "
-    "a duration old: it does not step down on seeing the Lease released or taken",
-)
 async def test_follower_stops_leading_when_the_lease_is_no_longer_its_identitys(clock: Clock) -> None:
     leases = Leases()
     leases.put("controller-0")
