@@ -214,6 +214,31 @@ class ApiServer:
             raise RuntimeError(f"kubectl {' '.join(args)} failed: {done.stderr}")
         return done.stdout
 
+    def install_snapshot_addon(self, workdir: Path) -> subprocess.Popen[bytes]:
+        """What a cluster operator installs once for volume snapshots, for every driver: the snapshot CRDs (volume
+        and volume group) and the snapshot-controller (a process here, logging to `workdir`). Returns its process."""
+        snap = Path(self.tools.snapshotter)
+        for crd in sorted((snap / "crd").glob("*.yaml")):
+            self.kubectl("apply", "--server-side", "-f", str(crd))
+        self.kubectl(
+            "wait",
+            "--for=condition=Established",
+            "crd/volumesnapshots.snapshot.storage.k8s.io",
+            "crd/volumesnapshotcontents.snapshot.storage.k8s.io",
+            "crd/volumesnapshotclasses.snapshot.storage.k8s.io",
+            "crd/volumegroupsnapshots.groupsnapshot.storage.k8s.io",
+            "--timeout=30s",
+        )
+        argv = [
+            str(snap / "snapshot-controller"),
+            f"--kubeconfig={self.identities['admin'].kubeconfig}",
+            "--leader-election=false",
+            "--retry-interval-start=500ms",
+            "--retry-interval-max=5s",
+            "--v=2",
+        ]
+        return spawn(argv, workdir / "snapshot-controller.log")
+
     def install_driver_objects(self) -> None:
         """CRDs, namespace, RBAC and CSIDriver from the repository, applied as they would be on a cluster."""
         self.kubectl("apply", "-f", str(ROOT / "deploy" / "namespace.yaml"))

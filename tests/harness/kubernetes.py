@@ -38,12 +38,6 @@ def resizer_binary() -> str:
     return _tool_env("CSI_RESIZER_BIN")
 
 
-def snapshotter_dir() -> Path:
-    """csi-snapshotter, snapshot-controller and the snapshot CRDs (crd/) as `hack/tools.sh csi-snapshotter` builds
-    them."""
-    return Path(_tool_env("SNAPSHOTTER_DIR"))
-
-
 @dataclass
 class SimNode:
     name: str
@@ -66,30 +60,7 @@ class KubeCluster:
         admin = self.api.identities["admin"].kubeconfig
         self.procs += start_kube_components(self.tools, admin, self.workdir, KCM_CONTROLLERS, "--concurrent-gc-syncs=5")
         # Volume snapshots: the cluster's add-on (CRDs and snapshot-controller), as a cluster operator installs it.
-        snap = snapshotter_dir()
-        for crd in sorted((snap / "crd").glob("*.yaml")):
-            self.api.kubectl("apply", "--server-side", "-f", str(crd))
-        self.api.kubectl(
-            "wait",
-            "--for=condition=Established",
-            "crd/volumesnapshots.snapshot.storage.k8s.io",
-            "crd/volumesnapshotcontents.snapshot.storage.k8s.io",
-            "crd/volumesnapshotclasses.snapshot.storage.k8s.io",
-            "--timeout=30s",
-        )
-        self.procs.append(
-            spawn(
-                [
-                    str(snap / "snapshot-controller"),
-                    f"--kubeconfig={admin}",
-                    "--leader-election=false",
-                    "--retry-interval-start=500ms",
-                    "--retry-interval-max=5s",
-                    "--v=2",
-                ],
-                self.workdir / "snapshot-controller.log",
-            )
-        )
+        self.procs.append(self.api.install_snapshot_addon(self.workdir))
 
     def start_driver(self, capacity_poll: str = "1s") -> None:
         self.driver = Driver(self.api, self.workdir)
@@ -126,7 +97,7 @@ class KubeCluster:
         self.procs.append(
             spawn(
                 [
-                    str(snapshotter_dir() / "csi-snapshotter"),
+                    str(Path(self.tools.snapshotter) / "csi-snapshotter"),
                     f"--kubeconfig={self.api.identities['controller'].kubeconfig}",
                     f"--csi-address={ctl.socket}",
                     "--leader-election=false",

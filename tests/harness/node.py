@@ -497,6 +497,7 @@ class RealNode:
         # A single test node: evict nothing when it briefly misses a heartbeat (kubelet restarts).
         extra = (f"--root-ca-file={self.api.ca_file}", "--node-monitor-grace-period=60s")
         self.procs += start_kube_components(self.tools, admin, self.workdir, KCM_CONTROLLERS, *extra)
+        self.procs.append(self.api.install_snapshot_addon(self.workdir))
 
     def kubectl(self, *args: str, check: bool = True, input: str | None = None) -> str:
         assert self.api is not None

@@ -24,6 +24,8 @@ class Tools:
     # The original Go driver (openebs/device-localpv, ORIGINAL_VERSION): a test component, built by
     # `hack/tools.sh original` (not part of `all`), so tests using it must check that it exists.
     original: str
+    # csi-snapshotter, snapshot-controller and crd/ (the snapshot CRDs), as `hack/tools.sh csi-snapshotter` builds them.
+    snapshotter: str = ""
 
 
 def tools() -> Tools:
@@ -41,4 +43,5 @@ def tools() -> Tools:
         kubelet=os.path.join(kube, "kubelet"),
         helm=env["HELM_BIN"],
         original=env["ORIGINAL_BIN"],
+        snapshotter=env["SNAPSHOTTER_DIR"],
     )
