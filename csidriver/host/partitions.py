@@ -86,8 +86,9 @@ def room_after(table: DiskTable, entry: PartitionEntry) -> int:
     return min(following, default=table.last_lba + 1)
 
 
-def best_fit(table: DiskTable, size: int) -> Extent:
-    """The smallest aligned free extent holding ``size`` bytes (lowest start on ties)."""
+def _fitting(table: DiskTable, size: int) -> list[Extent]:
+    """The aligned free extents that hold ``size`` bytes; InsufficientCapacity when none does, or no GPT entry is
+    free."""
     extents = free_extents(table, MIB)
     largest = max((e.size_bytes for e in extents), default=0)
     if len(table.partitions) >= table.table_length:
@@ -95,7 +96,12 @@ def best_fit(table: DiskTable, size: int) -> Extent:
     fits = [e for e in extents if e.size_bytes >= size]
     if not fits:
         raise InsufficientCapacity(largest, size)
-    return min(fits, key=lambda e: (e.size_bytes, e.start_bytes))
+    return fits
+
+
+def best_fit(table: DiskTable, size: int) -> Extent:
+    """The smallest aligned free extent holding ``size`` bytes (lowest start on ties)."""
+    return min(_fitting(table, size), key=lambda e: (e.size_bytes, e.start_bytes))
 
 
 def roomy_fit(table: DiskTable, size: int) -> Extent:
@@ -103,13 +109,7 @@ def roomy_fit(table: DiskTable, size: int) -> Extent:
     double in place), else the largest that holds it. Partitions grow only forward: after a volume, the new
     partition is placed so that the volume before it keeps room to double too (up to half the spare room); right
     after the meta partition, or at the start of the disk, at the extent's start."""
-    extents = free_extents(table, MIB)
-    largest = max((e.size_bytes for e in extents), default=0)
-    if len(table.partitions) >= table.table_length:
-        raise InsufficientCapacity(largest, size, "no free GPT entry")
-    fits = [e for e in extents if e.size_bytes >= size]
-    if not fits:
-        raise InsufficientCapacity(largest, size)
+    fits = _fitting(table, size)
     roomy = [e for e in fits if e.size_bytes >= 2 * size]
     if roomy:
         extent = min(roomy, key=lambda e: (e.size_bytes, e.start_bytes))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from tests.harness.kubernetes import DRIVER, KubeCluster
@@ -91,3 +92,15 @@ def delete_pvcs(kube: KubeCluster, names: list[str], timeout: float = 120) -> No
 
 def device_volumes(kube: KubeCluster) -> dict[str, dict[str, Any]]:
     return {d["metadata"]["name"]: d for d in kube.get("devicevolumes", namespace="openebs")["items"]}
+
+
+def until(what: str, check: Callable[[], Any], timeout: float = 90) -> Any:
+    """The first truthy result of `check`, polled every 0.1 s; AssertionError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(0.1)

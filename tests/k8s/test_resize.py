@@ -7,12 +7,11 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from csidriver.api.quantity import parse_quantity
 from tests.harness.kubernetes import DRIVER, KubeCluster
-from tests.k8s.objects import MIB, create_pvcs, delete_pvcs, device_volumes, pvc_body, wait_bound
+from tests.k8s.objects import MIB, create_pvcs, delete_pvcs, device_volumes, pvc_body, until, wait_bound
 
 CLASS = "grow-xfs"
 
@@ -37,17 +36,6 @@ def _request(kube: KubeCluster, claim: str, size: int) -> None:
     kube.api.kubectl("patch", "pvc", claim, "-n", "default", "--type=merge", "-p", json.dumps(patch))
 
 
-def _until(what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(0.1)
-
-
 def _resize_events(kube: KubeCluster, claim: str) -> list[dict[str, Any]]:
     events = kube.get("events", "--field-selector", f"involvedObject.name={claim}")["items"]
     return [e for e in events if e.get("reason") == "VolumeResizeFailed"]
@@ -65,7 +53,7 @@ def test_grown_claim_grows_the_pv_and_waits_for_the_node(kube: KubeCluster) -> N
         def pv_grown() -> bool:
             return parse_quantity(kube.get("pv", pv, namespace=None)["spec"]["capacity"]["storage"]) == 640 * MIB
 
-        _until("PV capacity 640Mi", pv_grown)
+        until("PV capacity 640Mi", pv_grown)
         took = time.monotonic() - start
         # The partition itself holds the new size (the agent's report), not only the objects.
         assert device_volumes(kube)[pv]["status"]["capacityBytes"] >= 640 * MIB
@@ -76,7 +64,7 @@ def test_grown_claim_grows_the_pv_and_waits_for_the_node(kube: KubeCluster) -> N
             return status if "FileSystemResizePending" in types else None
 
         # NodeExpandVolume is kubelet's call: without a kubelet the claim says so and keeps its old capacity.
-        status = _until("FileSystemResizePending", pending)
+        status = until("FileSystemResizePending", pending)
         assert parse_quantity(status["capacity"]["storage"]) == 320 * MIB
         assert parse_quantity(status["allocatedResources"]["storage"]) == 640 * MIB
         assert not _resize_events(kube, claim)
@@ -94,7 +82,7 @@ def test_growth_without_room_in_place_is_a_warning_on_the_claim(kube: KubeCluste
     try:
         pv = wait_bound(kube, [claim])[claim]["spec"]["volumeName"]
         _request(kube, claim, 4096 * MIB)
-        events = _until("a VolumeResizeFailed Event", lambda: _resize_events(kube, claim))
+        events = until("a VolumeResizeFailed Event", lambda: _resize_events(kube, claim))
         message = events[0]["message"]
         assert events[0]["type"] == "Warning"
         assert "ResourceExhausted" in message, message

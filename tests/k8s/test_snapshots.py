@@ -9,26 +9,14 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from csidriver.api import naming
 from tests.harness.disks import partitions
 from tests.harness.kubernetes import DRIVER, KubeCluster
-from tests.k8s.objects import MIB, create_pvcs, delete_pvcs, device_volumes, pvc_body, wait_bound
+from tests.k8s.objects import MIB, create_pvcs, delete_pvcs, device_volumes, pvc_body, until, wait_bound
 
 CLASS, SNAP_CLASS = "snap-block", "device-snapshots"
-
-
-def _until(what: str, check: Callable[[], Any], timeout: float = 90) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(0.2)
 
 
 def _classes(kube: KubeCluster) -> None:
@@ -102,7 +90,7 @@ def test_snapshot_restore_and_clone_hold_the_source_bytes(kube: KubeCluster) -> 
                 "spec": {"volumeSnapshotClassName": SNAP_CLASS, "source": {"persistentVolumeClaimName": source}},
             }
         )
-        status = _until(
+        status = until(
             "VolumeSnapshot readyToUse",
             lambda: (
                 (kube.get("volumesnapshot", snapshot).get("status") or {}).get("readyToUse")
@@ -144,7 +132,7 @@ def test_snapshot_restore_and_clone_hold_the_source_bytes(kube: KubeCluster) -> 
 
         # Deleting the VolumeSnapshot (deletionPolicy Delete) removes the DeviceSnapshot and its partition.
         kube.api.kubectl("delete", "volumesnapshot", snapshot, "-n", "default", "--wait=false")
-        _until("DeviceSnapshot gone", lambda: handle not in _snapshots(kube))
+        until("DeviceSnapshot gone", lambda: handle not in _snapshots(kube))
         node = kube.nodes[mine["spec"]["ownerNodeID"]]
         names = {str(p.get("name")) for d in node.disks for p in partitions(d.device)}
         assert naming.snapshot_partition_name(handle) not in names
