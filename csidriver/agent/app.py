@@ -109,10 +109,15 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         for w in wake:
             w(volume_id)
 
+    beats: list[Heartbeat] = []
+
     async def readiness() -> str | None:
-        return (
-            None if reporter_box and reporter_box[0].scanned.is_set() else "first disk scan not in the DeviceNode yet"
-        )
+        if not (reporter_box and reporter_box[0].scanned.is_set()):
+            return "first disk scan not in the DeviceNode yet"
+        if not (beats and beats[0].attempted.is_set()):
+            # Ready only once the controller can see this agent alive (a restarted agent's Lease may be stale).
+            return "first heartbeat not written yet"
+        return None
 
     server = await start_server(
         settings.socket_path,
@@ -207,9 +212,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             metrics.add_collector(lambda: _queue_metrics(queue))
             await _first_scan(reporter)
             # Alive for the controller's scheduling only from here: its DeviceNode is written.
-            tg.create_task(
-                Heartbeat(api, settings.namespace, settings.node_id, settings.heartbeat_seconds, owner).run()
-            )
+            beats.append(Heartbeat(api, settings.namespace, settings.node_id, settings.heartbeat_seconds, owner))
+            tg.create_task(beats[0].run())
             tg.create_task(reporter.run())
             tg.create_task(informer.run())
             tg.create_task(own_node.run())

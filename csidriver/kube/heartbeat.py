@@ -44,6 +44,7 @@ class Heartbeat:
         self._period = period
         self._owner = owner
         self.name = naming.heartbeat_name(node)
+        self.attempted = asyncio.Event()  # set after the first beat, written or not
 
     def _spec(self) -> dict[str, Any]:
         return {
@@ -86,4 +87,5 @@ class Heartbeat:
                 if not failing:
                     log.warning("heartbeat Lease %s: %s (retrying every %.0f s)", self.name, e, self._period)
                 failing = True
+            self.attempted.set()
             await asyncio.sleep(self._period)
