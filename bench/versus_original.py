@@ -162,7 +162,7 @@ class Bench:
             grpc.insecure_channel(f"unix://{side.controller_socket}") as cch,
             grpc.insecure_channel(f"unix://{side.agent_socket}") as nch,
         ):
-            controller = csi_pb2_grpc.ControllerStub(cch)  # type: ignore[no-untyped-call]
+            controller = csi_pb2_grpc.ControllerStub(cch)
 
             # Sequential CreateVolume.
             names = [f"pvc-{uuid.uuid4()}" for _ in range(self.volumes)]

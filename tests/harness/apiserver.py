@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,10 +30,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def spawn(argv: list[str], log: Path, **kw: object) -> subprocess.Popen[bytes]:
+def spawn(
+    argv: list[str], log: Path, env: Mapping[str, str] | None = None, cwd: str | Path | None = None
+) -> subprocess.Popen[bytes]:
     """Start a process whose output goes to `log` (appended); the parent keeps no file open."""
     with log.open("ab") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, **kw)  # type: ignore[call-overload]
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
 
 
 def stop_all(procs: list[subprocess.Popen[bytes]], grace: float = 15) -> None:

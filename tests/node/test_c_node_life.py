@@ -109,7 +109,7 @@ def kubelet_volume_stats(node: NodeCluster) -> dict[str, float]:
 def driver_volume_stats(app: App) -> dict[str, float]:
     sock = f"unix://{KUBELET_DIR}/plugins/device-localpv/csi.sock"
     with grpc.insecure_channel(sock) as ch:
-        reply = csi_pb2_grpc.NodeStub(ch).NodeGetVolumeStats(  # type: ignore[no-untyped-call]
+        reply = csi_pb2_grpc.NodeStub(ch).NodeGetVolumeStats(
             csi_pb2.NodeGetVolumeStatsRequest(volume_id=app.pv, volume_path=app.target), timeout=10
         )
     by_unit = {u.unit: u for u in reply.usage}

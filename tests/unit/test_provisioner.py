@@ -31,6 +31,7 @@ class FakeStore:
         self.free = dict(free)  # node -> bytes left on its single disk
         self.creates = 0
         self.labels: dict[str, dict[str, str]] = {}
+        self.snapshots: dict[str, dict[str, Any]] = {}
 
     def node(self, name: str, labels: Mapping[str, str] | None = None) -> None:
         labels = self.labels.setdefault(name, dict(labels or {}))
@@ -63,6 +64,17 @@ class FakeStore:
         self.objects[name] = new
         self.cluster.on_volume(name, obj, new)
 
+    async def patch_volume(self, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        """A JSON merge patch (RFC 7386), as the API server applies one; the informer sees the change."""
+        old = self.objects[name]
+        new = _merge(old, patch)
+        self.objects[name] = new
+        self.cluster.on_volume(name, old, new)
+        return new
+
+    async def get_snapshot(self, name: str) -> dict[str, Any] | None:
+        return self.snapshots.get(name)
+
     async def delete_volume(self, name: str, resource_version: str = "") -> bool:
         obj = self.objects.get(name)
         if obj is not None and resource_version and obj["metadata"].get("resourceVersion") != resource_version:
@@ -71,6 +83,18 @@ class FakeStore:
         if obj is not None:
             self.cluster.on_volume(name, obj, None)
         return True
+
+
+def _merge(target: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def request(name: str, size: int, **kw: Any) -> CreateRequest:

@@ -47,7 +47,7 @@ async def test_registration_answers_kubelet(sockets: Path) -> None:
     server = await start_server(path, [(api_pb2_grpc.add_RegistrationServicer_to_server, servicer)])
     try:
         async with grpc.aio.insecure_channel(f"unix://{path}") as ch:
-            stub = api_pb2_grpc.RegistrationStub(ch)  # type: ignore[no-untyped-call]
+            stub = api_pb2_grpc.RegistrationStub(ch)
             info = await stub.GetInfo(api_pb2.InfoRequest())
             assert (info.type, info.name, info.endpoint) == (
                 "CSIPlugin",

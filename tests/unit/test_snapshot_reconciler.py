@@ -137,7 +137,7 @@ async def test_deletion_waits_for_a_restore_then_removes_the_partition() -> None
     source = await s.w.ready()
     name = await s.snapshot(source)
     await s.rec.reconcile(name)
-    restoring = await s.w.volume(**{c.RESTORE_SOURCE_ANNOTATION: name})  # Pending: its copy reads the snapshot
+    restoring = await s.w.volume(annotations={c.RESTORE_SOURCE_ANNOTATION: name})  # Pending: its copy reads it
     await s.kube.delete_snapshot(name)
     with pytest.raises(Retry, match=f"volume {restoring} is being restored"):
         await s.rec.reconcile(name)

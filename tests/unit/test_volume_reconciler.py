@@ -44,15 +44,15 @@ class World:
             lambda: self.snapshots_synced,
         )
 
-    async def volume(self, size: int = 64 * MIB, node: str = NODE, **annotations: str) -> str:
+    async def volume(self, size: int = 64 * MIB, node: str = NODE, annotations: Mapping[str, str] | None = None) -> str:
         name = f"pvc-0000000{len(self.kube.objects[c.VOLUME_PLURAL])}-0000-0000-0000-000000000000"
         body = new_volume_body(name, self.kube.namespace, node, "ssd", size, name)
-        body["metadata"]["annotations"].update(annotations)
+        body["metadata"]["annotations"].update(annotations or {})
         await self.kube.create_volume(body)
         return name
 
-    async def ready(self, size: int = 64 * MIB, **annotations: str) -> str:
-        name = await self.volume(size, **annotations)
+    async def ready(self, size: int = 64 * MIB, annotations: Mapping[str, str] | None = None) -> str:
+        name = await self.volume(size, annotations=annotations)
         assert await self.rec.reconcile(name) is None
         return name
 
@@ -144,7 +144,7 @@ async def test_room_to_grow_prefers_a_disk_with_room_to_double() -> None:
     w = World(small, big)
     tight = await w.ready(size=64 * MIB)
     assert w.obj(tight).placement.disk_guid == GUID_A  # best fit
-    roomy = await w.ready(size=32 * MIB, **{c.PLACEMENT_ANNOTATION: c.PLACEMENT_ROOM_TO_GROW})
+    roomy = await w.ready(size=32 * MIB, annotations={c.PLACEMENT_ANNOTATION: c.PLACEMENT_ROOM_TO_GROW})
     assert w.obj(roomy).placement.disk_guid == GUID_B
 
 
@@ -214,7 +214,7 @@ async def test_a_clone_is_filled_from_its_source_not_wiped() -> None:
     w = World()
     source = await w.ready()
     w.slot(source).content = "source data"
-    clone = await w.ready(**{c.CLONE_SOURCE_ANNOTATION: source})
+    clone = await w.ready(annotations={c.CLONE_SOURCE_ANNOTATION: source})
     assert w.slot(clone).content == "copy of source data"
     assert w.obj(clone).state is State.READY
     assert w.kube.objects[c.VOLUME_PLURAL][clone]["status"]["copiedBytes"] == 64 * MIB
@@ -224,7 +224,7 @@ async def test_a_clone_of_a_source_that_cannot_be_frozen_fails() -> None:
     w = World()
     source = await w.ready()
     w.parts.frozen_fail.add(naming.partition_name(source))
-    clone = await w.ready(**{c.CLONE_SOURCE_ANNOTATION: source})
+    clone = await w.ready(annotations={c.CLONE_SOURCE_ANNOTATION: source})
     vol = w.obj(clone)
     assert vol.state is State.FAILED and "refused" in vol.error_message and "raw block" in vol.error_message
 
@@ -239,7 +239,7 @@ async def test_a_restore_is_filled_from_its_snapshot() -> None:
     made = await w.parts.create("/dev/fa", "ssd", naming.snapshot_partition_name(snap), 64 * MIB)
     w.parts.by_node(made.node)[1].content = "snapshot data"
     w.snapshots_synced = False
-    restored = await w.volume(**{c.RESTORE_SOURCE_ANNOTATION: snap})
+    restored = await w.volume(annotations={c.RESTORE_SOURCE_ANNOTATION: snap})
     with pytest.raises(Retry, match="not synced"):
         await w.rec.reconcile(restored)
     w.snapshots_synced = True
