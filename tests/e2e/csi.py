@@ -13,14 +13,14 @@ MIB = 1 << 20
 AM = csi_pb2.VolumeCapability.AccessMode
 
 
-def mount_cap(fs: str = "", mode: int = AM.SINGLE_NODE_WRITER, flags: tuple[str, ...] = ()) -> Any:
+def mount_cap(fs: str = "", mode: AM.Mode = AM.SINGLE_NODE_WRITER, flags: tuple[str, ...] = ()) -> Any:
     return csi_pb2.VolumeCapability(
         mount=csi_pb2.VolumeCapability.MountVolume(fs_type=fs, mount_flags=list(flags)),
         access_mode=AM(mode=mode),
     )
 
 
-def block_cap(mode: int = AM.SINGLE_NODE_WRITER) -> Any:
+def block_cap(mode: AM.Mode = AM.SINGLE_NODE_WRITER) -> Any:
     return csi_pb2.VolumeCapability(block=csi_pb2.VolumeCapability.BlockVolume(), access_mode=AM(mode=mode))
 
 

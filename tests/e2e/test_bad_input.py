@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -12,12 +13,12 @@ import pytest
 from csidriver.csi import csi_pb2, csi_pb2_grpc
 from tests.conftest import POOL, Cluster
 from tests.e2e.csi import AM, MIB, block_cap, code_of, create, delete, mount_cap, publish, unpublish
-from tests.harness.disks import partitions
+from tests.harness.disks import Partition, partitions
 
 C = grpc.StatusCode
 
 
-def _layout(cluster: Cluster) -> list[list[dict[str, object]]]:
+def _layout(cluster: Cluster) -> list[list[Partition]]:
     return [partitions(d.device) for d in cluster.pool_disks]
 
 
@@ -56,7 +57,7 @@ def _layout(cluster: Cluster) -> list[list[dict[str, object]]]:
         "impossible-topology",
     ],
 )
-def test_create_rejects(cluster: Cluster, kwargs: dict, code: grpc.StatusCode, words: list[str]) -> None:
+def test_create_rejects(cluster: Cluster, kwargs: dict[str, Any], code: grpc.StatusCode, words: list[str]) -> None:
     before = _layout(cluster)
     name = f"pvc-{uuid.uuid4()}"
     got, msg = code_of(lambda: create(cluster.controller_channel, name, **{"size": MIB, **kwargs}))

@@ -6,6 +6,7 @@ import json
 import subprocess
 import time
 import uuid
+from typing import Any
 
 import grpc
 
@@ -68,7 +69,7 @@ def test_vanished_disk(cluster: Cluster) -> None:
         assert still["metadata"]["deletionTimestamp"]
 
         # The agent retries with backoff; its Event is one object whose count grows, not one object per retry.
-        def missing() -> list[dict[str, object]]:
+        def missing() -> list[dict[str, Any]]:
             selector = f"involvedObject.name={name},reason=DiskMissing"
             out = cluster.api.kubectl("get", "events", "-n", "openebs", "--field-selector", selector, "-o", "json")
             return list(json.loads(out)["items"])

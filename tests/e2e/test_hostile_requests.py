@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVarTuple
 
 import grpc
 import pytest
@@ -41,7 +41,7 @@ from csidriver.csi import csi_pb2
 from tests.conftest import NODE, POOL, Cluster
 from tests.e2e.csi import AM, MIB, create, delete, mount_cap, publish, unpublish
 from tests.e2e.test_plugin import plugin
-from tests.harness.disks import partitions
+from tests.harness.disks import Partition, partitions
 from tests.harness.driver import Process
 
 C = grpc.StatusCode
@@ -204,7 +204,7 @@ def _mounts(env: Env) -> set[tuple[str, ...]]:
     """Mounts under the publish root, over the usual victims (/, /etc, /proc, /tmp) or of the test's disks."""
     disks = [*(d.device for d in env.cluster.pool_disks), env.cluster.lookalike.device, env.disk_b]
     ours = {os.path.basename(d) for d in disks}
-    found = set()
+    found: set[tuple[str, ...]] = set()
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         fields = line.split()
         point = fields[4]
@@ -236,14 +236,14 @@ def _objects(env: Env) -> dict[str, str]:
     return out
 
 
-def _layout(env: Env) -> dict[str, list[dict[str, object]]]:
+def _layout(env: Env) -> dict[str, list[Partition]]:
     disks = [d.device for d in env.cluster.pool_disks] + [env.cluster.lookalike.device, env.disk_b]
     return {d: partitions(d) for d in disks}
 
 
 @dataclass
 class Snapshot:
-    layout: dict[str, list[dict[str, object]]]
+    layout: dict[str, list[Partition]]
     objects: dict[str, str]
     mounts: set[tuple[str, ...]]
     tree: dict[str, str]
@@ -376,7 +376,9 @@ def _no_access_type() -> Any:
 
 
 def _cap_mode(mode: int) -> Any:
-    return csi_pb2.VolumeCapability(mount=csi_pb2.VolumeCapability.MountVolume(), access_mode=AM(mode=mode))
+    """A mount capability whose access mode is `mode` as the wire carries it, also a number no Mode names."""
+    access_mode = AM.FromString(_varint(1 << 3) + _varint(mode))  # field 1, a varint
+    return csi_pb2.VolumeCapability(mount=csi_pb2.VolumeCapability.MountVolume(), access_mode=access_mode)
 
 
 def _lookalike(volume_id: str) -> str:
@@ -479,6 +481,15 @@ def row(
     CASES.append(Case(service, rpc, name, build, code, words, endpoint, needs, check, fallback))
 
 
+Ts = TypeVarTuple("Ts")
+
+
+def _bind(make: Callable[[Env, str, *Ts], Message | bytes], *values: *Ts) -> Build:
+    """A row's build from `make` with `values` fixed now, for rows made in a loop: a lambda reading the loop's
+    variables when the row runs would see their last values."""
+    return lambda env, t: make(env, t, *values)
+
+
 def _expect(pred: Callable[[Env, Any], bool], what: str) -> Check:
     return lambda env, r: None if pred(env, r) else f"{what}; got {r}"
 
@@ -560,11 +571,17 @@ for label, fs, word in [
     ("fs-tmpfs", "tmpfs", "tmpfs"),
     ("fs-1MiB", HUGE, "filesystem type"),
 ]:
-    row(*CV, label, lambda env, t, fs=fs: cv(cap=mount_cap(fs)), IA, word)
+    row(*CV, label, _bind(lambda env, t, fs: cv(cap=mount_cap(fs)), fs), IA, word)
 for flag, word in REFUSED_FLAGS:
-    row(*CV, f"flag-{flag[:24]!a}", lambda env, t, f=flag: cv(cap=mount_cap(flags=(f,))), IA, word)
+    row(*CV, f"flag-{flag[:24]!a}", _bind(lambda env, t, f: cv(cap=mount_cap(flags=(f,))), flag), IA, word)
 for fs, flag, word in WRONG_FS_FLAGS:
-    row(*CV, f"flag-{flag}-on-{fs}", lambda env, t, fs=fs, f=flag: cv(cap=mount_cap(fs, flags=(f,))), IA, word)
+    row(
+        *CV,
+        f"flag-{flag}-on-{fs}",
+        _bind(lambda env, t, fs, f: cv(cap=mount_cap(fs, flags=(f,))), fs, flag),
+        IA,
+        word,
+    )
 row(*CV, "required-negative", lambda env, t: cv(required=-1), IA, "negative")
 row(*CV, "limit-negative", lambda env, t: cv(required=MIB, limit=-MIB), IA, "negative")
 row(*CV, "required-int64-min", lambda env, t: cv(required=-(1 << 63)), IA, "negative")
@@ -616,7 +633,7 @@ for label, make in [
     row(
         *CV,
         label,
-        lambda env, t, m=make: cv(volume_content_source=_from_snapshot(m(env))),
+        _bind(lambda env, t, m: cv(volume_content_source=_from_snapshot(m(env))), make),
         NF,
         "snapshot",
         needs="controller:CREATE_DELETE_SNAPSHOT",
@@ -640,8 +657,11 @@ for label, make, required, limit, code, word in [
     row(
         *CV,
         label,
-        lambda env, t, m=make, r=required, li=limit: cv(
-            volume_content_source=_from_volume(m(env)), required=r, limit=li
+        _bind(
+            lambda env, t, m, r, li: cv(volume_content_source=_from_volume(m(env)), required=r, limit=li),
+            make,
+            required,
+            limit,
         ),
         code,
         word,
@@ -657,7 +677,7 @@ for label, seg in [
     ("topology-value-dotdot", {TOPO: "../" + NODE}),
     ("topology-value-1MiB", {TOPO: HUGE}),
 ]:
-    row(*CV, label, lambda env, t, s=seg: cv(requisite=[s]), IA, "topology")
+    row(*CV, label, _bind(lambda env, t, s: cv(requisite=[s]), seg), IA, "topology")
 row(*CV, "topology-preferred-key-dotdot", lambda env, t: cv(preferred=[{"../etc": "x"}]), IA, "topology")
 row(
     *CV,
@@ -820,7 +840,7 @@ for label, make in [
     row(
         *GV,
         label,
-        lambda env, t, m=make: csi_pb2.ControllerGetVolumeRequest(volume_id=m(env)),
+        _bind(lambda env, t, m: csi_pb2.ControllerGetVolumeRequest(volume_id=m(env)), make),
         NF,
         "volume",
         "exist",
@@ -917,7 +937,7 @@ for label, make in [
     ("source-upper-case", lambda env: env.vol.volume_id.upper()),
     ("source-names-a-devicenode", lambda env: NODE),
 ]:
-    row(*CS, label, lambda env, t, m=make: cs(m(env)), NF, "source", "exist", needs=SNAP)
+    row(*CS, label, _bind(lambda env, t, m: cs(m(env)), make), NF, "source", "exist", needs=SNAP)
 row(
     *CS,
     "unknown-parameter",
@@ -955,7 +975,7 @@ for label, make in [
     ("id-names-a-volume", lambda env: env.vol.volume_id),
     ("id-names-a-devicenode", lambda env: NODE),
 ]:
-    row(*DS, label, lambda env, t, m=make: csi_pb2.DeleteSnapshotRequest(snapshot_id=m(env)), OK, needs=SNAP)
+    row(*DS, label, _bind(lambda env, t, m: csi_pb2.DeleteSnapshotRequest(snapshot_id=m(env)), make), OK, needs=SNAP)
 
 LS = ("Controller", "ListSnapshots")
 LIST_SNAP = "controller:LIST_SNAPSHOTS"
@@ -984,13 +1004,13 @@ row(
     "max_entries",
     needs=LIST_SNAP,
 )
-for label, build in [
+for label, list_request in [
     ("id-dotdot", lambda env: csi_pb2.ListSnapshotsRequest(snapshot_id="../" + env.vol.volume_id)),
     ("id-names-a-volume", lambda env: csi_pb2.ListSnapshotsRequest(snapshot_id=env.vol.volume_id)),
     ("source-nul", lambda env: csi_pb2.ListSnapshotsRequest(source_volume_id=env.vol.volume_id + "\0")),
     ("source-unknown", lambda env: csi_pb2.ListSnapshotsRequest(source_volume_id=f"pvc-{uuid.uuid4()}")),
 ]:
-    row(*LS, label, lambda env, t, b=build: b(env), OK, needs=LIST_SNAP, check=NOTHING)
+    row(*LS, label, _bind(lambda env, t, b: b(env), list_request), OK, needs=LIST_SNAP, check=NOTHING)
 
 GS = ("Controller", "GetSnapshot")
 GET_SNAP = "controller:GET_SNAPSHOT"
@@ -1005,7 +1025,7 @@ for label, make in [
     row(
         *GS,
         label,
-        lambda env, t, m=make: csi_pb2.GetSnapshotRequest(snapshot_id=m(env), secrets={"password": SECRET}),
+        _bind(lambda env, t, m: csi_pb2.GetSnapshotRequest(snapshot_id=m(env), secrets={"password": SECRET}), make),
         NF,
         "snapshot",
         "exist",
@@ -1037,7 +1057,14 @@ for rpc, cap, build in [
     row("Controller", rpc, "hostile", build, UN, "not supported", needs=f"controller:{cap}")
 for rpc in ("GroupControllerGetCapabilities", "CreateVolumeGroupSnapshot"):
     req = getattr(csi_pb2, rpc + "Request")
-    row("GroupController", rpc, "not-served", lambda env, t, r=req: r(), UN, needs="plugin:GROUP_CONTROLLER_SERVICE")
+    row(
+        "GroupController",
+        rpc,
+        "not-served",
+        _bind(lambda env, t, r: r(), req),
+        UN,
+        needs="plugin:GROUP_CONTROLLER_SERVICE",
+    )
 
 # NodePublishVolume (tests/e2e/test_bad_input.py covers relative and `..` targets, a symbolic link to a directory
 # outside, /etc/..., /tmp, an unknown pvc-<uuid>, a multi-node mode, a missing parent for a filesystem and
@@ -1054,7 +1081,7 @@ for label, make in [
     ("id-upper-case", lambda env: env.vol.volume_id.upper()),
     ("id-of-another-node", lambda env: env.remote.volume_id),
 ]:
-    row(*NP, label, lambda env, t, m=make: npv(env, m(env), t), NF, "volume", "node")
+    row(*NP, label, _bind(lambda env, t, m: npv(env, m(env), t), make), NF, "volume", "node")
 row(
     *NP,
     "context-names-the-lookalike-pool",
@@ -1068,7 +1095,7 @@ row(
     "volume",
     "node",
 )
-for label, make, word in [
+for label, target_of, word in [
     ("target-empty", lambda env, t: "", "target_path"),
     ("target-root", lambda env, t: "/", "outside"),
     ("target-etc", lambda env, t: "/etc", "outside"),
@@ -1088,7 +1115,7 @@ for label, make, word in [
     ("target-under-link-loop", lambda env, t: env.target("loop-a") + "/x", "symbolic link"),
     ("target-is-dangling-link", lambda env, t: env.target("dangling"), "symbolic link"),
 ]:
-    row(*NP, label, lambda env, t, m=make: npv(env, None, m(env, t)), IA, word)
+    row(*NP, label, _bind(lambda env, t, m: npv(env, None, m(env, t)), target_of), IA, word)
 row(*NP, "target-non-empty-dir", lambda env, t: npv(env, None, env.target("full-dir")), FP, "not empty")
 row(*NP, "target-regular-file", lambda env, t: npv(env, None, env.target("file")), AE, "not a directory")
 row(*NP, "target-fifo", lambda env, t: npv(env, None, env.target("fifo")), AE, "not a directory")
@@ -1161,16 +1188,22 @@ for label, fs in [
     ("fs-path", "../ext4"),
     ("fs-with-options", "ext4 -o loop"),
 ]:
-    row(*NP, label, lambda env, t, fs=fs: npv(env, None, t, mount_cap(fs)), IA, "not supported")
+    row(*NP, label, _bind(lambda env, t, fs: npv(env, None, t, mount_cap(fs)), fs), IA, "not supported")
 row(*NP, "fs-xfs-over-ext4", lambda env, t: npv(env, None, t, mount_cap("xfs")), FP, "ext4")
 for flag, word in REFUSED_FLAGS:
-    row(*NP, f"flag-{flag[:24]!a}", lambda env, t, f=flag: npv(env, None, t, mount_cap("ext4", flags=(f,))), IA, word)
+    row(
+        *NP,
+        f"flag-{flag[:24]!a}",
+        _bind(lambda env, t, f: npv(env, None, t, mount_cap("ext4", flags=(f,))), flag),
+        IA,
+        word,
+    )
 for fs, flag, word in WRONG_FS_FLAGS:
     if fs == "ext4":
         row(
             *NP,
             f"flag-{flag}-on-{fs}",
-            lambda env, t, f=flag: npv(env, None, t, mount_cap("ext4", flags=(f,))),
+            _bind(lambda env, t, f: npv(env, None, t, mount_cap("ext4", flags=(f,))), flag),
             IA,
             word,
         )
@@ -1205,7 +1238,7 @@ def nuv(vid: str, target: str) -> Any:
 
 row(*NU, "empty-id", lambda env, t: nuv("", env.published), IA, "volume_id")
 row(*NU, "id-1MiB", lambda env, t: nuv(HUGE, env.published), IA, "volume_id")
-for label, make, word in [
+for label, target_of, word in [
     ("target-empty", lambda env, t: "", "target_path"),
     ("target-1MiB", lambda env, t: t + "/" + HUGE, "target_path"),
     ("target-root", lambda env, t: "/", "outside"),
@@ -1222,7 +1255,7 @@ for label, make, word in [
     ("published-dotdot", lambda env, t: env.published + "/..", "target_path"),
     ("published-double-slash", lambda env, t: "/" + env.published, "outside"),
 ]:
-    row(*NU, label, lambda env, t, m=make: nuv(env.vol.volume_id, m(env, t)), IA, word)
+    row(*NU, label, _bind(lambda env, t, m: nuv(env.vol.volume_id, m(env, t)), target_of), IA, word)
 row(*NU, "non-empty-dir-kept", lambda env, t: nuv(env.vol.volume_id, env.target("full-dir")), OK)
 row(*NU, "unknown-id-nothing-there", lambda env, t: nuv("../../" + str(uuid.uuid4()), t), OK)
 row(*NU, "foreign-mount-own-id", lambda env, t: nuv(env.vol.volume_id, env.target("foreign")), FP, "nothing unmounted")
@@ -1265,7 +1298,7 @@ for label, make in [
     ("path-1MiB", lambda env: env.published + "/" + HUGE),
     ("path-nul", lambda env: env.published + "\0"),
 ]:
-    row(*NS, label, lambda env, t, m=make: nsv(env.vol.volume_id, m(env)), IA, "volume_path")
+    row(*NS, label, _bind(lambda env, t, m: nsv(env.vol.volume_id, m(env)), make), IA, "volume_path")
 # A well-formed string that is no publish target: the volume is not found there (csi-sanity asks NOT_FOUND for a
 # relative path), and the message says why.
 for label, make in [
@@ -1275,7 +1308,7 @@ for label, make in [
     ("published-dotdot", lambda env: env.published + "/../published"),
     ("path-under-link-to-etc", lambda env: env.target("to-etc")),
 ]:
-    row(*NS, label, lambda env, t, m=make: nsv(env.vol.volume_id, m(env)), NF, "volume_path")
+    row(*NS, label, _bind(lambda env, t, m: nsv(env.vol.volume_id, m(env)), make), NF, "volume_path")
 for label, make, path in [
     ("published-lookalike-id", lambda env: _lookalike(env.vol.volume_id), lambda env: env.published),
     ("published-id-of-another-node", lambda env: env.remote.volume_id, lambda env: env.published),
@@ -1283,7 +1316,7 @@ for label, make, path in [
     ("foreign-mount-own-id", lambda env: env.vol.volume_id, lambda env: env.target("foreign")),
     ("foreign-mount-unknown-id", lambda env: f"pvc-{uuid.uuid4()}", lambda env: env.target("foreign")),
 ]:
-    row(*NS, label, lambda env, t, m=make, p=path: nsv(m(env), p(env)), NF, "volume")
+    row(*NS, label, _bind(lambda env, t, m, p: nsv(m(env), p(env)), make, path), NF, "volume")
 
 row(
     "Node",
@@ -1321,7 +1354,7 @@ for label, make, word in [
     ("path-root", lambda env: "/", "outside"),
     ("path-under-link-to-etc", lambda env: env.target("to-etc") + "/x", "symbolic link"),
 ]:
-    row(*NE, label, lambda env, t, m=make: nev(env.vol.volume_id, m(env)), IA, word, needs=NEXPAND)
+    row(*NE, label, _bind(lambda env, t, m: nev(env.vol.volume_id, m(env)), make), IA, word, needs=NEXPAND)
 row(
     *NE,
     "published-lookalike-id",
@@ -1399,10 +1432,11 @@ def _cleanup_accepted(env: Env, case: Case, request: Message | bytes, response: 
     if case.rpc == "CreateVolume" and response is not None and response.volume.volume_id:
         _stub_call(env.channels["controller"], "Controller", "DeleteVolume", dv(response.volume.volume_id))
     if case.rpc == "CreateSnapshot" and response is not None and response.snapshot.snapshot_id:
-        req = csi_pb2.DeleteSnapshotRequest(snapshot_id=response.snapshot.snapshot_id)
-        _stub_call(env.channels["controller"], "Controller", "DeleteSnapshot", req)
+        delete_req = csi_pb2.DeleteSnapshotRequest(snapshot_id=response.snapshot.snapshot_id)
+        _stub_call(env.channels["controller"], "Controller", "DeleteSnapshot", delete_req)
     if case.rpc == "NodePublishVolume":
-        req = csi_pb2.NodePublishVolumeRequest.FromString(request) if isinstance(request, bytes) else request
+        wire = request if isinstance(request, bytes) else request.SerializeToString()
+        req = csi_pb2.NodePublishVolumeRequest.FromString(wire)
         if req.target_path != env.published:
             with contextlib.suppress(grpc.RpcError):
                 _stub_call(env.channels["node"], "Node", "NodeUnpublishVolume", nuv(req.volume_id, req.target_path))

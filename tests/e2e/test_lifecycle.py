@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import uuid
+from typing import Any
 
 import grpc
 import pytest
@@ -16,8 +17,9 @@ from tests.e2e.csi import MIB, block_cap, create, delete, mount_cap, publish, un
 from tests.harness.disks import partitions
 
 
-def devicevolume(cluster: Cluster, name: str) -> dict:
-    return json.loads(cluster.api.kubectl("get", "devicevolume", "-n", "openebs", name, "-o", "json"))
+def devicevolume(cluster: Cluster, name: str) -> dict[str, Any]:
+    obj: dict[str, Any] = json.loads(cluster.api.kubectl("get", "devicevolume", "-n", "openebs", name, "-o", "json"))
+    return obj
 
 
 def partition_names(cluster: Cluster) -> list[str]:

@@ -10,7 +10,9 @@ from tests.e2e.csi import MIB, create, delete
 
 
 def scrape(port: int) -> str:
-    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        body: bytes = reply.read()
+    return body.decode()
 
 
 def test_metrics(cluster: Cluster) -> None:

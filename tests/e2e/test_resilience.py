@@ -8,6 +8,7 @@ import subprocess
 import threading
 import time
 import uuid
+from typing import Any
 
 import grpc
 
@@ -25,7 +26,7 @@ def our_partitions(cluster: Cluster) -> dict[str, str]:
     return out
 
 
-def volumes(cluster: Cluster) -> dict[str, dict]:
+def volumes(cluster: Cluster) -> dict[str, dict[str, Any]]:
     items = json.loads(cluster.api.kubectl("get", "devicevolumes", "-n", "openebs", "-o", "json"))["items"]
     return {i["metadata"]["name"]: i for i in items}
 

@@ -25,7 +25,7 @@ from csidriver.csi import csi_pb2, csi_pb2_grpc
 from tests.conftest import ARTIFACTS
 from tests.e2e.csi import MIB, code_of, create, delete, mount_cap, publish, unpublish
 from tests.harness.apiserver import ApiServer, keep_logs, start_kube_components, stop_all
-from tests.harness.disks import LoopDisk, LoopDisks, partitions
+from tests.harness.disks import LoopDisk, LoopDisks, Partition, partitions
 from tests.harness.driver import Driver, Process
 from tests.harness.original import TOPOLOGY_KEY, Original, OriginalProcess, original_crds, unique_pool
 from tests.harness.tools import Tools
@@ -49,11 +49,11 @@ class Upgrade:
     def run(self, *components: str) -> None:
         """Exactly these of original-controller, original-agent, our-controller, our-agent run afterwards."""
         for name in [n for n in self.running if n not in components]:
-            proc = self.running.pop(name)
-            if isinstance(proc, OriginalProcess):
-                proc.kill()
+            stopping = self.running.pop(name)
+            if isinstance(stopping, OriginalProcess):
+                stopping.kill()
             else:
-                proc.stop()
+                stopping.stop()
         for name in components:
             if name in self.running:
                 continue
@@ -148,12 +148,17 @@ class Upgrade:
         obj = self.object(name)
         return None if obj is None else str((obj.get("status") or {}).get("state", "Pending"))
 
-    def table(self) -> dict[str, dict[str, Any]]:
+    def table(self) -> dict[str, Partition]:
         """Partitions of the disk by GPT name (the volume name without `pvc-`, or the pool's meta partition)."""
         parts = partitions(self.disk.device)
         names = [str(p.get("name", "")) for p in parts]
         assert len(names) == len(set(names)), f"a partition name appears twice: {names}"
         return {n: p for n, p in zip(names, parts, strict=True)}
+
+
+def _deleted(up: Upgrade, volume_id: str) -> Callable[[], bool]:
+    """True once the DeviceVolume of `volume_id` is gone."""
+    return lambda: up.object(volume_id) is None
 
 
 def _until(
@@ -348,5 +353,5 @@ def test_d_rollback_to_the_original(up: Upgrade) -> None:
     up.mountable("original-agent", up.volumes["pending"])
     for vol in (mine, up.volumes["pending"], up.volumes["ready"]):
         up.delete("original-controller", vol.volume_id)
-        _until(f"{vol.volume_id} deleted", lambda v=vol: up.object(v.volume_id) is None)
+        _until(f"{vol.volume_id} deleted", _deleted(up, vol.volume_id))
     assert set(up.table()) == {up.pool}

@@ -9,6 +9,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NotRequired, TypedDict
 
 MIB = 1 << 20
 
@@ -148,12 +149,25 @@ def _detach(device: str, timeout: float) -> None:
         time.sleep(0.02)
 
 
-def partitions(device: str) -> list[dict[str, object]]:
+class Partition(TypedDict):
+    """One entry of `sfdisk --json`'s partition table (start and size in sectors)."""
+
+    node: str
+    start: int
+    size: int
+    type: str
+    uuid: NotRequired[str]
+    name: NotRequired[str]
+    attrs: NotRequired[str]
+
+
+def partitions(device: str) -> list[Partition]:
     """Partition entries of a disk as sfdisk reports them (for assertions)."""
     import json
 
     out = subprocess.run(["sfdisk", "--json", device], capture_output=True, text=True, check=True).stdout
-    return list(json.loads(out)["partitiontable"].get("partitions", []))
+    entries: list[Partition] = json.loads(out)["partitiontable"].get("partitions", [])
+    return entries
 
 
 def disk_guid(device: str) -> str:

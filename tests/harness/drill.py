@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -200,11 +201,11 @@ def run_drill(
                     api.restart_apiserver()
                     report.apiserver_restarts += 1
             name = f"pvc-{uuid.UUID(int=rng.getrandbits(128))}"
-            vol = timed("create", lambda ch, n=name: create(ch, n, 16 * MIB), controller)
+            vol = timed("create", functools.partial(create, name=name, size=16 * MIB), controller)
             alive[vol.volume_id] = (vol, "", 0)  # owns a partition from now on
             check_layout()
             target = str(workdir / f"drill-{i}")
-            timed("publish", lambda ch, v=vol, t=target: publish(ch, v, t, mount_cap("ext4")), node)
+            timed("publish", functools.partial(publish, vol=vol, target=target, cap=mount_cap("ext4")), node)
             data = rng.randbytes(256 * 1024)
             with open(os.path.join(target, "data"), "wb") as f:
                 f.write(data)
@@ -212,7 +213,7 @@ def run_drill(
                 os.fsync(f.fileno())
             report.by_kind["write"] += 1
             faults = report.faults()
-            timed("unpublish", lambda ch, v=vol, t=target: unpublish(ch, v.volume_id, t), node)
+            timed("unpublish", functools.partial(unpublish, volume_id=vol.volume_id, target=target), node)
             alive[vol.volume_id] = (vol, hashlib.sha256(data).hexdigest(), faults)
             report.operations += 1
             if len(alive) >= max_alive or (len(alive) > 3 and rng.random() < 0.5):

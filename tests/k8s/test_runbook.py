@@ -33,6 +33,11 @@ def reasons(kube: KubeCluster, claim: str) -> list[str]:
     return [e["reason"] for e in items]
 
 
+def _detached(kube: KubeCluster, claim: str) -> Callable[[], bool]:
+    """True once `claim` has a DiskDetached Event."""
+    return lambda: "DiskDetached" in reasons(kube, claim)
+
+
 def rows(kube: KubeCluster, node: str) -> dict[str, bool]:
     return {d["uuid"]: d["healthy"] for d in kube.get("devicenode", node, namespace="openebs").get("devices") or []}
 
@@ -66,7 +71,7 @@ def test_the_documented_disk_move(kube: KubeCluster) -> None:
         subprocess.run(["losetup", "--detach", disk.device], check=True)
         _until("node-2 reports the disk gone", lambda: rows(kube, "node-2").get(guid) is False)
         for claim in claims:
-            _until(f"DiskDetached on {claim}", lambda c=claim: "DiskDetached" in reasons(kube, c))
+            _until(f"DiskDetached on {claim}", _detached(kube, claim))
         # Its old device name stays taken (node-2's agent watches that name): the disk shows up on node-1 only.
         kube.disks.blank(1)
         disk.device = run("losetup", "--find", "--show", "--partscan", str(disk.image)).strip()

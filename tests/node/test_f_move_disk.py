@@ -126,7 +126,8 @@ def test_the_documented_disk_move_on_real_kubelets(two_nodes: NodeCluster) -> No
 
         def served_on_b(outputs: list[str]) -> None:
             pod = wait_for("the new Pod running", lambda: running_pod(node), 120)
-            assert isinstance(pod, dict) and pod["spec"]["nodeName"] == NODE_B, pod["spec"].get("nodeName")
+            assert isinstance(pod, dict), pod
+            assert pod["spec"]["nodeName"] == NODE_B, pod["spec"].get("nodeName")
             assert first_line(node, pod) == f"found: written on {NODE} on {NODE_B}"
             assert any(line.startswith(pv) and NODE_B in line for line in outputs[0].splitlines()), outputs[0]
 
