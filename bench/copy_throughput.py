@@ -14,7 +14,7 @@ import subprocess
 import time
 
 from csidriver.host.clone import copy_device
-from tests.harness.disks import MIB, LoopDisks
+from harness.disks import MIB, LoopDisks
 
 
 def _dd(src: str, dst: str, length: int) -> None:

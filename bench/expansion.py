@@ -20,11 +20,11 @@ from pathlib import Path
 import grpc
 
 from csidriver.csi import csi_pb2, csi_pb2_grpc
-from tests.e2e.csi import MIB, create, delete, mount_cap, publish, unpublish
-from tests.harness.apiserver import ApiServer
-from tests.harness.disks import LoopDisks
-from tests.harness.driver import Driver
-from tests.harness.tools import tools
+from harness.apiserver import ApiServer
+from harness.csi import MIB, create, delete, mount_cap, publish, unpublish
+from harness.disks import LoopDisks
+from harness.driver import Driver
+from harness.tools import tools
 
 NODE = "bench-grow"
 GIB = 1024 * MIB

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import grpc
 
-from tests.harness.apiserver import ApiServer
-from tests.harness.disks import LoopDisks, partitions
-from tests.harness.drill import KINDS, DrillReport, layout_problems, leftovers, run_drill
-from tests.harness.driver import Driver
-from tests.harness.tools import tools
+from harness.apiserver import ApiServer
+from harness.disks import LoopDisks, partitions
+from harness.drill import KINDS, DrillReport, layout_problems, leftovers, run_drill
+from harness.driver import Driver
+from harness.tools import tools
 
 NODE = "drill-node"
 

@@ -18,10 +18,10 @@ from collections import Counter
 from pathlib import Path
 
 from bench.provisioning import pct
-from tests.harness.apiserver import ApiServer
-from tests.harness.kubernetes import KubeCluster
-from tests.harness.tools import tools
-from tests.k8s.objects import MIB, create_pvcs, delete_pvcs, pvc_body, storage_class, wait_bound
+from harness.apiserver import ApiServer
+from harness.kubernetes import KubeCluster
+from harness.objects import MIB, create_pvcs, delete_pvcs, pvc_body, storage_class, wait_bound
+from harness.tools import tools
 
 
 def audit_counts(log: Path, start: int) -> tuple[Counter[tuple[str, str]], int]:

@@ -25,10 +25,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.harness.node import wait_for
-from tests.harness.tools import ROOT, tools
-from tests.harness.workloads import IMAGE, NAMESPACE, NodeCluster, bring_up
-from tests.node.conftest import build_images
+from harness.images import build_images
+from harness.node import wait_for
+from harness.tools import ROOT, tools
+from harness.workloads import IMAGE, NAMESPACE, NodeCluster, bring_up
 
 SC = "openebs-device-ssd"  # deploy/'s WaitForFirstConsumer class
 SC_IMMEDIATE = "openebs-device-ssd-immediate"

@@ -17,11 +17,11 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from tests.e2e.csi import MIB, create, delete
-from tests.harness.apiserver import ApiServer, free_port
-from tests.harness.disks import LoopDisks
-from tests.harness.driver import Driver
-from tests.harness.tools import tools
+from harness.apiserver import ApiServer, free_port
+from harness.csi import MIB, create, delete
+from harness.disks import LoopDisks
+from harness.driver import Driver
+from harness.tools import tools
 
 NODE = "bench-node"
 SIZE = 8 * MIB

@@ -106,10 +106,10 @@ def in_process(nodes: int, volumes: int, decisions: int) -> None:
 def real(nodes: int) -> None:
     import grpc
 
-    from tests.e2e.csi import code_of, create
-    from tests.harness.apiserver import ApiServer
-    from tests.harness.driver import Driver
-    from tests.harness.tools import tools
+    from harness.apiserver import ApiServer
+    from harness.csi import code_of, create
+    from harness.driver import Driver
+    from harness.tools import tools
 
     api = ApiServer(tools()).start(audit=True)
     try:

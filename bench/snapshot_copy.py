@@ -25,11 +25,11 @@ import grpc
 
 from csidriver.api import naming
 from csidriver.csi import csi_pb2, csi_pb2_grpc
-from tests.e2e.csi import MIB, block_cap, create, delete
-from tests.harness.apiserver import ApiServer
-from tests.harness.disks import LoopDisks, partitions
-from tests.harness.driver import Driver
-from tests.harness.tools import tools
+from harness.apiserver import ApiServer
+from harness.csi import MIB, block_cap, create, delete
+from harness.disks import LoopDisks, partitions
+from harness.driver import Driver
+from harness.tools import tools
 
 NODE = "bench-snap"
 

@@ -46,13 +46,12 @@ import grpc
 
 from bench.provisioning import pct
 from csidriver.csi import csi_pb2, csi_pb2_grpc
-from tests.conftest import ARTIFACTS
-from tests.e2e.csi import MIB, delete, mount_cap, publish, unpublish
-from tests.harness.apiserver import ApiServer, start_kube_components, stop_all
-from tests.harness.disks import LoopDisk, LoopDisks, partitions
-from tests.harness.driver import Driver
-from tests.harness.original import TOPOLOGY_KEY, Original, unique_pool
-from tests.harness.tools import tools
+from harness.apiserver import ApiServer, start_kube_components, stop_all
+from harness.csi import MIB, delete, mount_cap, publish, unpublish
+from harness.disks import LoopDisk, LoopDisks, partitions
+from harness.driver import Driver
+from harness.original import TOPOLOGY_KEY, Original, unique_pool
+from harness.tools import ARTIFACTS, tools
 
 NODE = "bench-node"
 TIMEOUT = 120.0

@@ -8,8 +8,8 @@ import json
 import subprocess
 import time
 
-from tests.harness.tools import ROOT, tools
-from tests.harness.workloads import IMAGE, NAMESPACE, bring_up
+from harness.tools import ROOT, tools
+from harness.workloads import IMAGE, NAMESPACE, bring_up
 
 APP = """apiVersion: v1
 kind: PersistentVolumeClaim

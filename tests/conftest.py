@@ -12,14 +12,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.harness.apiserver import ApiServer, free_port, keep_logs
-from tests.harness.disks import LoopDisk, LoopDisks
-from tests.harness.driver import Driver
-from tests.harness.tools import ROOT, Tools, tools
+from harness.apiserver import ApiServer, free_port, keep_logs
+from harness.csi import POOL
+from harness.disks import LoopDisk, LoopDisks
+from harness.driver import Driver
+from harness.tools import ARTIFACTS, Tools, tools
 
-POOL = "ssd"
 NODE = "node-a"
-ARTIFACTS = ROOT / "artifacts"
 
 
 def _e2e_possible() -> str | None:

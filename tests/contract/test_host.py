@@ -17,8 +17,8 @@ import pytest
 from csidriver.agent.localhost import LocalHost
 from csidriver.host import DiskInventory, Filesystems, Mounter, Runner
 from csidriver.host.targets import NoParent, NotABlockDevice, NotEmpty, WrongKind
+from harness.disks import LoopDisks
 from tests.fakes.host import FakeHost
-from tests.harness.disks import LoopDisks
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 MIB = 1 << 20

@@ -13,8 +13,8 @@ from csidriver.api import constants as c
 from csidriver.api.objects import new_snapshot_body, new_volume_body, snapshot_from_dict, volume_from_dict
 from csidriver.kube.client import make_api_client
 from csidriver.kube.resources import Conflict, Gone, Kube
+from harness.apiserver import ApiServer
 from tests.fakes.kube import FakeKube
-from tests.harness.apiserver import ApiServer
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 NODE = "contract-node"  # no agent runs for it: nothing but the test touches these objects

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from tests.conftest import POOL, Cluster
+from harness.csi import POOL
+from harness.disks import LoopDisk
+from harness.driver import Process
+from tests.conftest import Cluster
 from tests.e2e.test_plugin import plugin
-from tests.harness.disks import LoopDisk
-from tests.harness.driver import Process
 
 
 @contextmanager

@@ -15,12 +15,12 @@ import grpc
 import pytest
 
 from csidriver.api import naming
-from tests.conftest import POOL, Cluster
-from tests.e2e.csi import MIB, code_of, create, delete, publish, unpublish
+from harness.csi import MIB, POOL, code_of, create, delete, publish, unpublish
+from harness.disks import LoopDisk, partitions
+from harness.driver import Process
+from tests.conftest import Cluster
 from tests.e2e.nodes import own_node
 from tests.e2e.test_disk_failure import wait_for
-from tests.harness.disks import LoopDisk, partitions
-from tests.harness.driver import Process
 
 NODE = "node-beat"
 TOPO = {"openebs.io/nodename": NODE}

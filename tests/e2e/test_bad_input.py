@@ -11,9 +11,9 @@ import grpc
 import pytest
 
 from csidriver.csi import csi_pb2, csi_pb2_grpc
-from tests.conftest import POOL, Cluster
-from tests.e2e.csi import AM, MIB, block_cap, code_of, create, delete, mount_cap, publish, unpublish
-from tests.harness.disks import Partition, partitions
+from harness.csi import AM, MIB, POOL, block_cap, code_of, create, delete, mount_cap, publish, unpublish
+from harness.disks import Partition, partitions
+from tests.conftest import Cluster
 
 C = grpc.StatusCode
 

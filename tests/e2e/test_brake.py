@@ -8,9 +8,9 @@ import time
 import uuid
 
 from csidriver.csi import csi_pb2, csi_pb2_grpc
-from tests.conftest import POOL, Cluster
-from tests.e2e.csi import MIB, create, delete
-from tests.harness.disks import partitions
+from harness.csi import MIB, POOL, create, delete
+from harness.disks import partitions
+from tests.conftest import Cluster
 
 NODE = "node-brake"
 

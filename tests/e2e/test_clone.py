@@ -18,11 +18,11 @@ import grpc
 import pytest
 
 from csidriver.csi import csi_pb2, csi_pb2_grpc
-from tests.conftest import POOL, Cluster
-from tests.e2e.csi import AM, MIB, block_cap, code_of, delete, mount_cap, publish, unpublish
+from harness.csi import AM, MIB, POOL, block_cap, code_of, delete, mount_cap, publish, unpublish
+from harness.disks import LoopDisk, partitions
+from harness.driver import Process
+from tests.conftest import Cluster
 from tests.e2e.nodes import own_node
-from tests.harness.disks import LoopDisk, partitions
-from tests.harness.driver import Process
 
 NODE = "node-clone"
 TOPO = {"openebs.io/nodename": NODE}

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import ARTIFACTS, Cluster
+from harness.tools import ARTIFACTS, Tools
+from tests.conftest import Cluster
 from tests.e2e.nodes import own_node
-from tests.harness.tools import Tools
 
 # btrfs (below) needs 114 MiB at least.
 SIZE = 128 << 20

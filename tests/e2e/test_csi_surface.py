@@ -7,8 +7,8 @@ import uuid
 import grpc
 
 from csidriver.csi import csi_pb2, csi_pb2_grpc
+from harness.csi import AM, MIB, code_of, create, delete, mount_cap, publish, unpublish
 from tests.conftest import Cluster
-from tests.e2e.csi import AM, MIB, code_of, create, delete, mount_cap, publish, unpublish
 
 C = grpc.StatusCode
 

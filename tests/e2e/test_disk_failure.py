@@ -11,10 +11,10 @@ from typing import Any
 import grpc
 
 from csidriver.csi import csi_pb2, csi_pb2_grpc
-from tests.conftest import POOL, Cluster
-from tests.e2e.csi import MIB, code_of, create, delete
+from harness.csi import MIB, POOL, code_of, create, delete
+from harness.disks import partitions
+from tests.conftest import Cluster
 from tests.e2e.test_plugin import plugin
-from tests.harness.disks import partitions
 
 NODE = "node-fail"
 TOPO = {"openebs.io/nodename": NODE}

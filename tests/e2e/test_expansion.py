@@ -20,11 +20,11 @@ import grpc
 import pytest
 
 from csidriver.csi import csi_pb2, csi_pb2_grpc
+from harness.csi import MIB, block_cap, code_of, create, delete, mount_cap, publish, unpublish
+from harness.disks import LoopDisk, partitions
+from harness.driver import Process
 from tests.conftest import Cluster
-from tests.e2e.csi import MIB, block_cap, code_of, create, delete, mount_cap, publish, unpublish
 from tests.e2e.nodes import own_node
-from tests.harness.disks import LoopDisk, partitions
-from tests.harness.driver import Process
 
 NODE = "node-grow"
 TOPO = {"openebs.io/nodename": NODE}

@@ -1,4 +1,4 @@
-"""A pool disk that starts answering EIO (a FUSE-backed loop device, tests/harness/fusedisk.py) is seen within 10 s:
+"""A pool disk that starts answering EIO (a FUSE-backed loop device, harness/fusedisk.py) is seen within 10 s:
 DeviceNode, metric, capacity and volume conditions; deletions on it answer at once with the reason; when it reads
 again it is healthy again."""
 
@@ -13,11 +13,11 @@ from pathlib import Path
 import grpc
 
 from csidriver.csi import csi_pb2, csi_pb2_grpc
-from tests.conftest import POOL, Cluster
-from tests.e2e.csi import MIB, code_of, create, delete, publish, unpublish
+from harness.apiserver import free_port
+from harness.csi import MIB, POOL, code_of, create, delete, publish, unpublish
+from harness.fusedisk import failing_pool_disk
+from tests.conftest import Cluster
 from tests.e2e.test_plugin import plugin
-from tests.harness.apiserver import free_port
-from tests.harness.fusedisk import failing_pool_disk
 
 NODE = "node-eio"
 TOPO = {"openebs.io/nodename": NODE}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
+from harness.disks import partitions
+from harness.drill import leftovers, run_drill
 from tests.conftest import NODE, Cluster
-from tests.harness.disks import partitions
-from tests.harness.drill import leftovers, run_drill
 
 
 def test_fault_drill(cluster: Cluster) -> None:

@@ -38,11 +38,11 @@ import pytest
 from google.protobuf.message import Message
 
 from csidriver.csi import csi_pb2
-from tests.conftest import NODE, POOL, Cluster
-from tests.e2e.csi import AM, MIB, create, delete, mount_cap, publish, unpublish
+from harness.csi import AM, MIB, POOL, create, delete, mount_cap, publish, unpublish
+from harness.disks import Partition, partitions
+from harness.driver import Process
+from tests.conftest import NODE, Cluster
 from tests.e2e.test_plugin import plugin
-from tests.harness.disks import Partition, partitions
-from tests.harness.driver import Process
 
 C = grpc.StatusCode
 OK, IA, NF, FP, AE = C.OK, C.INVALID_ARGUMENT, C.NOT_FOUND, C.FAILED_PRECONDITION, C.ALREADY_EXISTS

@@ -7,8 +7,8 @@ import uuid
 
 import grpc
 
+from harness.csi import MIB, code_of, create, delete
 from tests.conftest import Cluster
-from tests.e2e.csi import MIB, code_of, create, delete
 
 
 def _create_until_ok(channel: grpc.Channel, name: str, within: float) -> float:

@@ -12,9 +12,9 @@ import grpc
 import pytest
 
 from csidriver.csi import csi_pb2, csi_pb2_grpc
-from tests.conftest import NODE, POOL, Cluster
-from tests.e2e.csi import MIB, block_cap, create, delete, mount_cap, publish, unpublish
-from tests.harness.disks import partitions
+from harness.csi import MIB, POOL, block_cap, create, delete, mount_cap, publish, unpublish
+from harness.disks import partitions
+from tests.conftest import NODE, Cluster
 
 
 def devicevolume(cluster: Cluster, name: str) -> dict[str, Any]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import urllib.request
 import uuid
 
+from harness.csi import MIB, create, delete
 from tests.conftest import Cluster
-from tests.e2e.csi import MIB, create, delete
 
 
 def scrape(port: int) -> str:

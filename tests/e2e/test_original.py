@@ -19,12 +19,11 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.conftest import ARTIFACTS
-from tests.e2e.csi import MIB, create, delete
-from tests.harness.apiserver import ApiServer, keep_logs
-from tests.harness.disks import LoopDisk, LoopDisks, partitions
-from tests.harness.original import DRIVER_NAME, DRIVER_NAMESPACE, SECRETS_DIR, TOPOLOGY_KEY, Original, unique_pool
-from tests.harness.tools import Tools
+from harness.apiserver import ApiServer, keep_logs
+from harness.csi import MIB, create, delete
+from harness.disks import LoopDisk, LoopDisks, partitions
+from harness.original import DRIVER_NAME, DRIVER_NAMESPACE, SECRETS_DIR, TOPOLOGY_KEY, Original, unique_pool
+from harness.tools import ARTIFACTS, Tools
 
 NODE = "orig-node-a"
 PVC_NAMESPACE = "default"

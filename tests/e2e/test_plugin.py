@@ -7,9 +7,9 @@ import subprocess
 import sys
 import uuid
 
-from tests.conftest import NODE, POOL, Cluster
-from tests.e2e.csi import MIB, create, delete
-from tests.harness.disks import partitions
+from harness.csi import MIB, POOL, create, delete
+from harness.disks import partitions
+from tests.conftest import NODE, Cluster
 
 
 def plugin(cluster: Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

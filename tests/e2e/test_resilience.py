@@ -12,9 +12,9 @@ from typing import Any
 
 import grpc
 
-from tests.conftest import NODE, POOL, Cluster
-from tests.e2e.csi import MIB, create, delete, mount_cap, publish, unpublish
-from tests.harness.disks import partitions
+from harness.csi import MIB, POOL, create, delete, mount_cap, publish, unpublish
+from harness.disks import partitions
+from tests.conftest import NODE, Cluster
 
 
 def our_partitions(cluster: Cluster) -> dict[str, str]:

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import POOL, Cluster
+from harness.csi import POOL
+from tests.conftest import Cluster
 from tests.e2e.test_plugin import plugin
 
 GUID = "5D3C0B1E-8F0A-4C7E-9F51-0E6B2B8D7A11"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import signal
 
-from tests.conftest import POOL, Cluster
+from harness.csi import POOL
+from tests.conftest import Cluster
 
 
 def _stopped_cleanly(log: str) -> None:

@@ -22,13 +22,12 @@ import grpc
 import pytest
 
 from csidriver.csi import csi_pb2, csi_pb2_grpc
-from tests.conftest import ARTIFACTS
-from tests.e2e.csi import MIB, code_of, create, delete, mount_cap, publish, unpublish
-from tests.harness.apiserver import ApiServer, keep_logs, start_kube_components, stop_all
-from tests.harness.disks import LoopDisk, LoopDisks, Partition, partitions
-from tests.harness.driver import Driver, Process
-from tests.harness.original import TOPOLOGY_KEY, Original, OriginalProcess, original_crds, unique_pool
-from tests.harness.tools import Tools
+from harness.apiserver import ApiServer, keep_logs, start_kube_components, stop_all
+from harness.csi import MIB, code_of, create, delete, mount_cap, publish, unpublish
+from harness.disks import LoopDisk, LoopDisks, Partition, partitions
+from harness.driver import Driver, Process
+from harness.original import TOPOLOGY_KEY, Original, OriginalProcess, original_crds, unique_pool
+from harness.tools import ARTIFACTS, Tools
 
 NODE = "up-node"
 CLAIMS = "default"

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ARTIFACTS
-from tests.harness.apiserver import ApiServer
-from tests.harness.kubernetes import KubeCluster
-from tests.harness.tools import Tools
+from harness.apiserver import ApiServer
+from harness.kubernetes import KubeCluster
+from harness.tools import ARTIFACTS, Tools
 
 MIB = 1 << 20
 

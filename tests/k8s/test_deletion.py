@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 import uuid
 
-from tests.harness.disks import partitions
-from tests.harness.kubernetes import KubeCluster
-from tests.k8s.objects import MIB, create_pvcs, delete_pvcs, pv_node, pvc_body, storage_class, wait_bound
+from harness.disks import partitions
+from harness.kubernetes import KubeCluster
+from harness.objects import MIB, create_pvcs, delete_pvcs, pv_node, pvc_body, storage_class, wait_bound
 
 
 def node_free(kube: KubeCluster, node: str) -> int:

@@ -7,8 +7,8 @@ import subprocess
 import time
 import uuid
 
-from tests.harness.kubernetes import KubeCluster
-from tests.k8s.objects import MIB, create_pvcs, delete_pvcs, pvc_body, storage_class, wait_bound
+from harness.kubernetes import KubeCluster
+from harness.objects import MIB, create_pvcs, delete_pvcs, pvc_body, storage_class, wait_bound
 
 
 def _wait(what: str, check: object, limit: float = 40) -> None:

@@ -14,9 +14,9 @@ from typing import Any
 
 import grpc
 
-from tests.e2e.csi import mount_cap, publish, unpublish
-from tests.harness.kubernetes import KubeCluster
-from tests.k8s.objects import MIB, create_pvcs, delete_pvcs, pv_node, pvc_body, storage_class, wait_bound
+from harness.csi import mount_cap, publish, unpublish
+from harness.kubernetes import KubeCluster
+from harness.objects import MIB, create_pvcs, delete_pvcs, pv_node, pvc_body, storage_class, wait_bound
 from tests.k8s.test_wffc import pod_body, wait_scheduled
 
 
@@ -104,7 +104,7 @@ def _volume_on_moved_disk(
     """A 16 MiB volume on node-2 whose disk is then moved to node-1 (re-attached under a new name and without a
     partition scan when `rename`); yields (PV name, the disk). Afterwards the disk and the volume go back to
     node-2 and the claim is deleted."""
-    from tests.harness.disks import LoopDisk, run
+    from harness.disks import LoopDisk, run
 
     storage_class(kube, sc, nodes=["node-2"])
     claim = f"m-{uuid.uuid4().hex[:8]}"

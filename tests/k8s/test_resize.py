@@ -10,8 +10,8 @@ import uuid
 from typing import Any
 
 from csidriver.api.quantity import parse_quantity
-from tests.harness.kubernetes import DRIVER, KubeCluster
-from tests.k8s.objects import MIB, create_pvcs, delete_pvcs, device_volumes, pvc_body, until, wait_bound
+from harness.kubernetes import DRIVER, KubeCluster
+from harness.objects import MIB, create_pvcs, delete_pvcs, device_volumes, pvc_body, until, wait_bound
 
 CLASS = "grow-xfs"
 

@@ -9,10 +9,10 @@ import time
 import uuid
 from collections.abc import Callable
 
-from tests.harness import runbook
-from tests.harness.disks import run
-from tests.harness.kubernetes import KubeCluster
-from tests.k8s.objects import MIB, create_pvcs, delete_pvcs, pvc_body, storage_class, wait_bound
+from harness import runbook
+from harness.disks import run
+from harness.kubernetes import KubeCluster
+from harness.objects import MIB, create_pvcs, delete_pvcs, pvc_body, storage_class, wait_bound
 from tests.k8s.test_migrate import _io, _node_sees, plugin
 from tests.k8s.test_wffc import pod_body
 

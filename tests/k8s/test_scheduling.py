@@ -6,8 +6,8 @@ import uuid
 
 import pytest
 
-from tests.harness.kubernetes import KubeCluster
-from tests.k8s.objects import (
+from harness.kubernetes import KubeCluster
+from harness.objects import (
     MIB,
     create_pvcs,
     delete_pvcs,

@@ -12,9 +12,9 @@ import uuid
 from typing import Any
 
 from csidriver.api import naming
-from tests.harness.disks import partitions
-from tests.harness.kubernetes import DRIVER, KubeCluster
-from tests.k8s.objects import MIB, create_pvcs, delete_pvcs, device_volumes, pvc_body, until, wait_bound
+from harness.disks import partitions
+from harness.kubernetes import DRIVER, KubeCluster
+from harness.objects import MIB, create_pvcs, delete_pvcs, device_volumes, pvc_body, until, wait_bound
 
 CLASS, SNAP_CLASS = "snap-block", "device-snapshots"
 

@@ -12,10 +12,10 @@ from typing import Any
 import grpc
 
 from csidriver.api.quantity import parse_quantity
-from tests.e2e.csi import mount_cap, publish, unpublish
-from tests.harness.disks import partitions
-from tests.harness.kubernetes import KubeCluster
-from tests.k8s.objects import MIB, create_pvcs, delete_pvcs, device_volumes, pvc_body, storage_class, wait_bound
+from harness.csi import mount_cap, publish, unpublish
+from harness.disks import partitions
+from harness.kubernetes import KubeCluster
+from harness.objects import MIB, create_pvcs, delete_pvcs, device_volumes, pvc_body, storage_class, wait_bound
 
 
 def pod_body(name: str, claim: str, prefer: str | None = None) -> dict[str, Any]:

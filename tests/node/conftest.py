@@ -7,25 +7,14 @@ that need a second node take `two_nodes` instead: node B beside it for that modu
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import ARTIFACTS
-from tests.harness.node import NODE_B
-from tests.harness.tools import ROOT, Tools
-from tests.harness.workloads import NodeCluster, bring_up
-
-
-def build_images() -> list[str]:
-    """Archives of every image deploy/ names plus pause, built once by hack/image.sh (cached outside the repo)."""
-    done = subprocess.run([str(ROOT / "hack" / "image.sh")], capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"hack/image.sh failed:\n{done.stderr[-4000:]}")
-    paths = done.stdout.split()
-    assert paths and all(os.path.exists(p) for p in paths), paths
-    return paths
+from harness.images import build_images
+from harness.node import NODE_B
+from harness.tools import ARTIFACTS, Tools
+from harness.workloads import NodeCluster, bring_up
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from tests.harness.node import NODE, wait_for
-from tests.harness.workloads import NAMESPACE, TOPOLOGY_KEY, NodeCluster
+from harness.node import NODE, wait_for
+from harness.workloads import NAMESPACE, TOPOLOGY_KEY, NodeCluster
 
 
 def test_workloads_ready_and_plugin_registered(node: NodeCluster) -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.harness.disks import partitions
-from tests.harness.workloads import NAMESPACE, NodeCluster
+from harness.disks import partitions
+from harness.workloads import NAMESPACE, NodeCluster
 
 MIB = 1 << 20
 PAYLOAD_MIB = 8

@@ -11,9 +11,9 @@ import grpc
 import pytest
 
 from csidriver.csi import csi_pb2, csi_pb2_grpc
-from tests.harness.disks import partitions
-from tests.harness.node import KUBELET_DIR, mounts_under, wait_for
-from tests.harness.workloads import NAMESPACE, NodeCluster
+from harness.disks import partitions
+from harness.node import KUBELET_DIR, mounts_under, wait_for
+from harness.workloads import NAMESPACE, NodeCluster
 
 CLAIM, POD, SC = "life", "life-app", "dlpv-life"
 WRITER = "i=0; while true; do i=$((i+1)); echo line-$i >> /data/log; sync /data/log; sleep 0.2; done"

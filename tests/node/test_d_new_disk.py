@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import subprocess
 
-from tests.harness.node import wait_for
-from tests.harness.workloads import NAMESPACE, NodeCluster
+from harness.node import wait_for
+from harness.workloads import NAMESPACE, NodeCluster
 
 
 def test_pool_disk_added_while_the_agent_runs(node: NodeCluster) -> None:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.harness.disks import disk_guid, partitions
-from tests.harness.node import NODE, NODE_B, wait_for
-from tests.harness.workloads import NAMESPACE, TOPOLOGY_KEY, NodeCluster
+from harness.disks import disk_guid, partitions
+from harness.node import NODE, NODE_B, wait_for
+from harness.workloads import NAMESPACE, TOPOLOGY_KEY, NodeCluster
 
 
 def guids(cluster: NodeCluster, node: str) -> set[str]:

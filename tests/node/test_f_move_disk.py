@@ -9,10 +9,10 @@ import subprocess
 import sys
 from typing import Any
 
-from tests.harness import runbook
-from tests.harness.disks import disk_guid
-from tests.harness.node import NODE, NODE_B, wait_for
-from tests.harness.workloads import IMAGE, MOUNT, NAMESPACE, NodeCluster
+from harness import runbook
+from harness.disks import disk_guid
+from harness.node import NODE, NODE_B, wait_for
+from harness.workloads import IMAGE, MOUNT, NAMESPACE, NodeCluster
 
 APP = "mover"
 CLAIM = "mover-data"

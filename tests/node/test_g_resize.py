@@ -8,8 +8,8 @@ import time
 from typing import Any
 
 from csidriver.api.quantity import parse_quantity
-from tests.harness.node import wait_for
-from tests.harness.workloads import DRIVER, NAMESPACE, NodeCluster
+from harness.node import wait_for
+from harness.workloads import DRIVER, NAMESPACE, NodeCluster
 
 MIB = 1 << 20
 SC, CLAIM, POD = "dlpv-grow-xfs", "data-grow", "grower"

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import time
 
-from tests.harness.node import wait_for
-from tests.harness.workloads import DRIVER, NAMESPACE, NodeCluster
+from harness.node import wait_for
+from harness.workloads import DRIVER, NAMESPACE, NodeCluster
 
 SC, SNAP_CLASS = "dlpv-snap-ext4", "dlpv-snapshots"
 CLAIM, RESTORED, SNAPSHOT = "data-snap", "data-restored", "data-snap-1"

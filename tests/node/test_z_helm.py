@@ -8,9 +8,9 @@ import json
 import subprocess
 import tempfile
 
-from tests.harness.node import NODE, wait_for
-from tests.harness.tools import ROOT
-from tests.harness.workloads import DRIVER, NAMESPACE, NodeCluster
+from harness.node import NODE, wait_for
+from harness.tools import ROOT
+from harness.workloads import DRIVER, NAMESPACE, NodeCluster
 
 CHART = ROOT / "deploy" / "helm" / "device-localpv"
 

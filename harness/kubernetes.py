@@ -10,10 +10,10 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.harness.apiserver import NAMESPACE, ApiServer, free_port, spawn, start_kube_components, stop_all
-from tests.harness.disks import LoopDisk, LoopDisks
-from tests.harness.driver import Driver, Process
-from tests.harness.tools import ROOT, Tools
+from harness.apiserver import NAMESPACE, ApiServer, free_port, spawn, start_kube_components, stop_all
+from harness.disks import LoopDisk, LoopDisks
+from harness.driver import Driver, Process
+from harness.tools import ROOT, Tools
 
 DRIVER = "device.csi.openebs.io"
 TOPOLOGY_KEY = "openebs.io/nodename"

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.harness.tools import ROOT
+from harness.tools import ROOT
 
 PREFIX = ["kubectl", "device-localpv"]
 

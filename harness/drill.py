@@ -26,10 +26,10 @@ from typing import Any, TypeVar
 
 import grpc
 
-from tests.e2e.csi import MIB, create, delete, mount_cap, publish, unpublish
-from tests.harness.apiserver import ApiServer
-from tests.harness.driver import Process
-from tests.harness.node import mounts_under
+from harness.apiserver import ApiServer
+from harness.csi import MIB, create, delete, mount_cap, publish, unpublish
+from harness.driver import Process
+from harness.node import mounts_under
 
 T = TypeVar("T")
 RETRY = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED)

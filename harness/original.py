@@ -50,9 +50,9 @@ from urllib.parse import urlsplit
 
 import grpc
 
-from tests.harness.apiserver import ApiServer, spawn
-from tests.harness.driver import wait_probe
-from tests.harness.tools import ROOT
+from harness.apiserver import ApiServer, spawn
+from harness.driver import wait_probe
+from harness.tools import ROOT
 
 # Where the original's own manifests put its ServiceAccounts, and their names there.
 SA_NAMESPACE = "kube-system"

@@ -12,9 +12,9 @@ from typing import Any
 
 import yaml
 
-from tests.harness.disks import LoopDisk
-from tests.harness.node import NODE, NODE_B, ExtraNode, RealNode, wait_for
-from tests.harness.tools import ROOT, Tools
+from harness.disks import LoopDisk
+from harness.node import NODE, NODE_B, ExtraNode, RealNode, wait_for
+from harness.tools import ROOT, Tools
 
 DRIVER = "device.csi.openebs.io"
 NAMESPACE = "openebs"

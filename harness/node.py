@@ -34,9 +34,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.harness.apiserver import ApiServer, spawn, start_kube_components, stop_all
-from tests.harness.disks import LoopDisks
-from tests.harness.tools import ROOT, Tools
+from harness.apiserver import ApiServer, spawn, start_kube_components, stop_all
+from harness.disks import LoopDisks
+from harness.tools import ROOT, Tools
 
 NODE = "dlpv-node"
 BRIDGE = "dlpv0"

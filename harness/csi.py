@@ -1,4 +1,4 @@
-"""Small builders for CSI requests used by the e2e tests."""
+"""Small builders for CSI requests used by the e2e tests and benches."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Any
 import grpc
 
 from csidriver.csi import csi_pb2, csi_pb2_grpc
-from tests.conftest import POOL
 
 MIB = 1 << 20
+POOL = "ssd"  # the pool every e2e and bench disk joins
 AM = csi_pb2.VolumeCapability.AccessMode
 
 

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tests.harness.kubernetes import DRIVER, KubeCluster
+from harness.kubernetes import DRIVER, KubeCluster
 
 MIB = 1 << 20
 

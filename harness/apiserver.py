@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.harness.tools import ROOT, Tools
+from harness.tools import ROOT, Tools
 
 NAMESPACE = "openebs"
 CONTROLLER_SA = "openebs-device-controller-sa"

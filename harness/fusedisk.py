@@ -1,7 +1,7 @@
 """A disk that fails like hardware: a loop device over a file served by a small FUSE filesystem that answers EIO to
 every read and write while a switch is on.
 
-The FUSE server runs as its own process (`python -m tests.harness.fusedisk IMAGE MOUNTPOINT SWITCH`) exposing one
+The FUSE server runs as its own process (`python -m harness.fusedisk IMAGE MOUNTPOINT SWITCH`) exposing one
 file, `disk`, whose reads and writes go to IMAGE with pread/pwrite, or fail with EIO while the file SWITCH exists.
 The loop device uses direct I/O and the mount `direct_io`, so every read of the device reaches the server: the page
 cache cannot hide the failure. The kernel then logs I/O errors for the loop device, as for a dying disk.
@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.harness.disks import MIB, LoopDisk, run
+from harness.disks import MIB, LoopDisk, run
 
 
 def _serve(image: str, mountpoint: str, switch: str) -> None:
@@ -108,8 +108,8 @@ def failing_pool_disk(pool: str, size_mib: int) -> Iterator[FailingDisk]:
     mnt.mkdir()
     with (work / "server.log").open("w") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "tests.harness.fusedisk", str(image), str(mnt), str(switch)],
-            cwd=Path(__file__).resolve().parents[2],
+            [sys.executable, "-m", "harness.fusedisk", str(image), str(mnt), str(switch)],
+            cwd=Path(__file__).resolve().parents[1],
             stdout=subprocess.DEVNULL,
             stderr=log,
         )

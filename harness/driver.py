@@ -14,8 +14,8 @@ from pathlib import Path
 import grpc
 
 from csidriver.csi import csi_pb2, csi_pb2_grpc
-from tests.harness.apiserver import NAMESPACE, ApiServer, spawn
-from tests.harness.tools import ROOT
+from harness.apiserver import NAMESPACE, ApiServer, spawn
+from harness.tools import ROOT
 
 
 def wait_probe(
