@@ -89,3 +89,6 @@ class LocalHost:
 
     async def is_dir(self, path: str) -> bool:
         return await asyncio.to_thread(targets.is_dir, path)
+
+    async def link_problem(self, path: str) -> str | None:
+        return await asyncio.to_thread(targets.link_problem, path)

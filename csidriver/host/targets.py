@@ -98,3 +98,21 @@ def exists(path: str) -> bool:
 
 def is_dir(path: str) -> bool:
     return os.path.isdir(path)
+
+
+def link_problem(path: str) -> str | None:
+    """Why a target path is refused for what lies along it, or None: a symbolic link on the way (an escape out of
+    kubelet's directories, or a loop) or at the path itself. A missing parent is not a problem here (publishing
+    answers it precisely)."""
+    parent = os.path.dirname(path)
+    try:
+        resolved = os.path.realpath(parent, strict=True)
+    except FileNotFoundError:
+        resolved = os.path.realpath(parent)
+    except OSError as e:
+        return f"cannot be resolved: {e.strerror}"
+    if resolved != parent:
+        return "goes through a symbolic link"
+    if os.path.islink(path):
+        return "is a symbolic link"
+    return None

@@ -32,6 +32,7 @@ class Side:
     number: str
     put_dir: Any  # (path, empty) -> None
     put_file: Any  # (path, empty) -> None
+    put_link: Any  # (path, to) -> None: a symbolic link at path pointing to `to`
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def side(request: pytest.FixtureRequest) -> Iterator[Side]:
         fake = FakeHost()
         fake.add_dir(root)
         fake.add_device("/dev/fake0", "7:99", 64 * MIB)
-        yield Side(fake, root, "/dev/fake0", "7:99", fake.add_dir, fake.add_file)
+        yield Side(fake, root, "/dev/fake0", "7:99", fake.add_dir, fake.add_file, lambda p, _to: fake.add_link(p))
         return
     device: str = request.getfixturevalue("loop")
     st = os.stat(device)
@@ -68,7 +69,8 @@ def side(request: pytest.FixtureRequest) -> Iterator[Side]:
     host = LocalHost(DiskInventory(runner), Mounter(runner), Filesystems(runner))
     subprocess.run(["wipefs", "-a", "-q", device], check=True)  # the test's own loop device
     try:
-        yield Side(host, root, device, f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}", _real_dir, _real_file)
+        number = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+        yield Side(host, root, device, number, _real_dir, _real_file, lambda p, to: os.symlink(to, p))
     finally:
         for name in os.listdir(root):
             subprocess.run(["umount", "-q", os.path.join(root, name)], check=False)
@@ -148,3 +150,14 @@ async def test_bind_a_device_onto_a_file(side: Side) -> None:
     assert not await h.is_dir(t)
     await h.unmount(t)
     assert not [m for m in await h.mounts() if m.mount_point == t]
+
+
+async def test_symbolic_links_on_the_way(side: Side) -> None:
+    h, r = side.host, side.root
+    side.put_dir(f"{r}/plain", True)
+    assert await h.link_problem(f"{r}/plain") is None
+    assert await h.link_problem(f"{r}/plain/missing/target") is None  # a missing parent is answered later
+    side.put_link(f"{r}/link", "/etc")
+    assert await h.link_problem(f"{r}/link") == "is a symbolic link"
+    assert await h.link_problem(f"{r}/link/target") == "goes through a symbolic link"
+    assert await h.link_problem(f"{r}/link/deeper/target") == "goes through a symbolic link"

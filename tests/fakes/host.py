@@ -28,6 +28,7 @@ class FakeHost:
     signatures: dict[str, str] = field(default_factory=dict)  # device node -> filesystem type
     failing: dict[str, str] = field(default_factory=dict)  # device node -> read error
     paths: dict[str, Node] = field(default_factory=dict)  # every path that exists, directories included
+    links: set[str] = field(default_factory=set)  # paths that are symbolic links
     table: list[MountInfo] = field(default_factory=list)
     grown: list[str] = field(default_factory=list)
     fail_mount: Exception | None = None
@@ -43,6 +44,9 @@ class FakeHost:
 
     def add_file(self, path: str, empty: bool = True) -> None:
         self.paths[path] = Node(False, empty)
+
+    def add_link(self, path: str) -> None:
+        self.links.add(path)
 
     async def locate(self, pool: str | None, partition: str) -> str | None:
         return self.partitions.get(partition)
@@ -133,3 +137,8 @@ class FakeHost:
     async def is_dir(self, path: str) -> bool:
         found = self.paths.get(path)
         return found is not None and found.directory
+
+    async def link_problem(self, path: str) -> str | None:
+        if any(path.startswith(link + "/") for link in self.links):
+            return "goes through a symbolic link"
+        return "is a symbolic link" if path in self.links else None

@@ -7,7 +7,7 @@ import pytest
 
 from csidriver.api import naming
 from csidriver.host.parsers import MountInfo
-from csidriver.services.errors import AlreadyExists, FailedPrecondition, Internal, NotFound
+from csidriver.services.errors import AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound
 from csidriver.services.publish import Publisher
 from csidriver.services.requests import AccessMode, Capability
 from tests.fakes.host import FakeHost
@@ -177,3 +177,16 @@ async def test_locate() -> None:
     host.partitions[naming.partition_name(VOL)] = "/dev/notblock"
     with pytest.raises(Internal, match="not a block device"):
         await pub.locate(VOL, {})
+
+
+async def test_a_symbolic_link_on_the_way_is_refused_before_anything_is_touched() -> None:
+    host, pub = _world()
+    host.add_link(f"{ROOT}/escape")
+    for target in (f"{ROOT}/escape", f"{ROOT}/escape/mount"):
+        with pytest.raises(InvalidArgument, match="symbolic link"):
+            await pub.publish(VOL, target, FS, False, {})
+        with pytest.raises(InvalidArgument, match="symbolic link"):
+            await pub.unpublish(VOL, target)
+        with pytest.raises(NotFound, match="symbolic link"):
+            await pub.stats(VOL, target)
+    assert not host.table and DEV not in host.signatures
