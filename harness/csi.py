@@ -33,7 +33,10 @@ def create(
     limit: int = 0,
     requisite: list[dict[str, str]] | None = None,
     preferred: list[dict[str, str]] | None = None,
+    source_volume: str = "",
+    source_snapshot: str = "",
 ) -> Any:
+    """CreateVolume; a clone of `source_volume` or a restore of `source_snapshot` when one is given."""
     req = csi_pb2.CreateVolumeRequest(
         name=name,
         capacity_range=csi_pb2.CapacityRange(required_bytes=size, limit_bytes=limit),
@@ -44,6 +47,10 @@ def create(
             preferred=[csi_pb2.Topology(segments=s) for s in preferred or []],
         ),
     )
+    if source_volume:
+        req.volume_content_source.volume.volume_id = source_volume
+    if source_snapshot:
+        req.volume_content_source.snapshot.snapshot_id = source_snapshot
     return csi_pb2_grpc.ControllerStub(ch).CreateVolume(req, timeout=60).volume
 
 

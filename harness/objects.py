@@ -12,6 +12,31 @@ from harness.kubernetes import DRIVER, KubeCluster
 MIB = 1 << 20
 
 
+def storage_class_body(
+    name: str,
+    parameters: dict[str, str] | None = None,
+    binding: str = "Immediate",
+    nodes: list[str] | None = None,
+    expandable: bool = False,
+) -> dict[str, Any]:
+    """A StorageClass of this driver (pool "ssd" unless `parameters` say otherwise); `nodes`: its allowedTopologies
+    (volumes are made on those nodes only)."""
+    sc: dict[str, Any] = {
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": {"name": name},
+        "provisioner": DRIVER,
+        "parameters": {"devname": "ssd"} if parameters is None else parameters,
+        "volumeBindingMode": binding,
+        "reclaimPolicy": "Delete",
+    }
+    if nodes:
+        sc["allowedTopologies"] = [{"matchLabelExpressions": [{"key": "openebs.io/nodename", "values": nodes}]}]
+    if expandable:
+        sc["allowVolumeExpansion"] = True
+    return sc
+
+
 def storage_class(
     kube: KubeCluster,
     name: str,
@@ -20,18 +45,7 @@ def storage_class(
     nodes: list[str] | None = None,
     pool: str = "ssd",
 ) -> None:
-    sc: dict[str, Any] = {
-        "apiVersion": "storage.k8s.io/v1",
-        "kind": "StorageClass",
-        "metadata": {"name": name},
-        "provisioner": DRIVER,
-        "parameters": {"devname": pool, "scheduler": scheduler},
-        "volumeBindingMode": binding,
-        "reclaimPolicy": "Delete",
-    }
-    if nodes:
-        sc["allowedTopologies"] = [{"matchLabelExpressions": [{"key": "openebs.io/nodename", "values": nodes}]}]
-    kube.apply(sc)
+    kube.apply(storage_class_body(name, {"devname": pool, "scheduler": scheduler}, binding, nodes))
 
 
 def pvc_body(name: str, sc: str, size: int) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import yaml
 
 from harness.disks import LoopDisk
 from harness.node import NODE, NODE_B, ExtraNode, RealNode, wait_for
+from harness.objects import storage_class_body
 from harness.tools import ROOT, Tools
 
 DRIVER = "device.csi.openebs.io"
@@ -217,18 +218,7 @@ class NodeCluster:
         params = {"devname": pool}
         if fstype != "block":
             params["csi.storage.k8s.io/fstype"] = fstype
-        sc: dict[str, Any] = {
-            "apiVersion": "storage.k8s.io/v1",
-            "kind": "StorageClass",
-            "metadata": {"name": name},
-            "provisioner": DRIVER,
-            "parameters": params,
-            "reclaimPolicy": "Delete",
-            "volumeBindingMode": binding,
-        }
-        if nodes:
-            sc["allowedTopologies"] = [{"matchLabelExpressions": [{"key": TOPOLOGY_KEY, "values": nodes}]}]
-        self.apply(sc)
+        self.apply(storage_class_body(name, params, binding, nodes))
 
     def pvc(self, name: str, storage_class: str, size: str, block: bool = False) -> None:
         self.apply(

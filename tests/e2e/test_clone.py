@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from csidriver.csi import csi_pb2, csi_pb2_grpc
-from harness.csi import AM, MIB, POOL, block_cap, code_of, delete, mount_cap, publish, unpublish
+from harness.csi import AM, MIB, POOL, block_cap, code_of, create, delete, mount_cap, publish, unpublish
 from harness.disks import LoopDisk, partitions
 from harness.driver import Process
 from tests.conftest import Cluster
@@ -38,18 +38,10 @@ def clone_node(cluster: Cluster) -> Iterator[tuple[Process, LoopDisk]]:
 def _create(
     cluster: Cluster, size: int, source: str = "", cap: Any = None, requisite: list[dict[str, str]] | None = None
 ) -> Any:
-    req = csi_pb2.CreateVolumeRequest(
-        name=f"pvc-{uuid.uuid4()}",
-        capacity_range=csi_pb2.CapacityRange(required_bytes=size),
-        volume_capabilities=[cap or mount_cap()],
-        parameters={"devname": POOL},
-        accessibility_requirements=csi_pb2.TopologyRequirement(
-            requisite=[csi_pb2.Topology(segments=s) for s in (requisite if requisite is not None else [TOPO])]
-        ),
+    where = requisite if requisite is not None else [TOPO]
+    return create(
+        cluster.controller_channel, f"pvc-{uuid.uuid4()}", size, cap=cap, requisite=where, source_volume=source
     )
-    if source:
-        req.volume_content_source.volume.volume_id = source
-    return csi_pb2_grpc.ControllerStub(cluster.controller_channel).CreateVolume(req, timeout=60).volume
 
 
 def _digest(device: str, length: int) -> str:

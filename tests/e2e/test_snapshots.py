@@ -21,7 +21,7 @@ import pytest
 
 from csidriver.api import naming
 from csidriver.csi import csi_pb2, csi_pb2_grpc
-from harness.csi import MIB, POOL, block_cap, code_of, delete, mount_cap, publish, unpublish
+from harness.csi import MIB, POOL, block_cap, code_of, create, delete, publish, unpublish
 from harness.disks import LoopDisk, partitions
 from harness.driver import Process
 from tests.conftest import Cluster
@@ -45,18 +45,10 @@ def _ctl(cluster: Cluster) -> Any:
 def _volume(
     cluster: Cluster, size: int, cap: Any = None, snapshot: str = "", requisite: list[dict[str, str]] | None = None
 ) -> Any:
-    req = csi_pb2.CreateVolumeRequest(
-        name=f"pvc-{uuid.uuid4()}",
-        capacity_range=csi_pb2.CapacityRange(required_bytes=size),
-        volume_capabilities=[cap or mount_cap()],
-        parameters={"devname": POOL},
-        accessibility_requirements=csi_pb2.TopologyRequirement(
-            requisite=[csi_pb2.Topology(segments=s) for s in (requisite if requisite is not None else [TOPO])]
-        ),
+    where = requisite if requisite is not None else [TOPO]
+    return create(
+        cluster.controller_channel, f"pvc-{uuid.uuid4()}", size, cap=cap, requisite=where, source_snapshot=snapshot
     )
-    if snapshot:
-        req.volume_content_source.snapshot.snapshot_id = snapshot
-    return _ctl(cluster).CreateVolume(req, timeout=60).volume
 
 
 def _snapshot(cluster: Cluster, source: str, name: str = "", **params: str) -> Any:

@@ -10,25 +10,23 @@ import uuid
 from typing import Any
 
 from csidriver.api.quantity import parse_quantity
-from harness.kubernetes import DRIVER, KubeCluster
-from harness.objects import MIB, create_pvcs, delete_pvcs, device_volumes, pvc_body, until, wait_bound
+from harness.kubernetes import KubeCluster
+from harness.objects import (
+    MIB,
+    create_pvcs,
+    delete_pvcs,
+    device_volumes,
+    pvc_body,
+    storage_class_body,
+    until,
+    wait_bound,
+)
 
 CLASS = "grow-xfs"
 
 
 def _expandable_class(kube: KubeCluster) -> None:
-    kube.apply(
-        {
-            "apiVersion": "storage.k8s.io/v1",
-            "kind": "StorageClass",
-            "metadata": {"name": CLASS},
-            "provisioner": DRIVER,
-            "parameters": {"devname": "ssd", "csi.storage.k8s.io/fstype": "xfs"},
-            "volumeBindingMode": "Immediate",
-            "reclaimPolicy": "Delete",
-            "allowVolumeExpansion": True,
-        }
-    )
+    kube.apply(storage_class_body(CLASS, {"devname": "ssd", "csi.storage.k8s.io/fstype": "xfs"}, expandable=True))
 
 
 def _request(kube: KubeCluster, claim: str, size: int) -> None:

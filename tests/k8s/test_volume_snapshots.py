@@ -14,23 +14,22 @@ from typing import Any
 from csidriver.api import naming
 from harness.disks import partitions
 from harness.kubernetes import DRIVER, KubeCluster
-from harness.objects import MIB, create_pvcs, delete_pvcs, device_volumes, pvc_body, until, wait_bound
+from harness.objects import (
+    MIB,
+    create_pvcs,
+    delete_pvcs,
+    device_volumes,
+    pvc_body,
+    storage_class_body,
+    until,
+    wait_bound,
+)
 
 CLASS, SNAP_CLASS = "snap-block", "device-snapshots"
 
 
 def _classes(kube: KubeCluster) -> None:
-    kube.apply(
-        {
-            "apiVersion": "storage.k8s.io/v1",
-            "kind": "StorageClass",
-            "metadata": {"name": CLASS},
-            "provisioner": DRIVER,
-            "parameters": {"devname": "ssd"},
-            "volumeBindingMode": "Immediate",
-            "reclaimPolicy": "Delete",
-        }
-    )
+    kube.apply(storage_class_body(CLASS))
     kube.apply(
         {
             "apiVersion": "snapshot.storage.k8s.io/v1",

@@ -9,7 +9,8 @@ from typing import Any
 
 from csidriver.api.quantity import parse_quantity
 from harness.node import wait_for
-from harness.workloads import DRIVER, NAMESPACE, NodeCluster
+from harness.objects import storage_class_body
+from harness.workloads import NAMESPACE, NodeCluster
 
 MIB = 1 << 20
 SC, CLAIM, POD = "dlpv-grow-xfs", "data-grow", "grower"
@@ -28,18 +29,8 @@ def _lease_holder(node: NodeCluster, name: str) -> str:
 
 
 def test_running_pod_sees_its_claim_grow(node: NodeCluster) -> None:
-    node.apply(
-        {
-            "apiVersion": "storage.k8s.io/v1",
-            "kind": "StorageClass",
-            "metadata": {"name": SC},
-            "provisioner": DRIVER,
-            "parameters": {"devname": "ssd", "csi.storage.k8s.io/fstype": "xfs"},
-            "reclaimPolicy": "Delete",
-            "volumeBindingMode": "WaitForFirstConsumer",
-            "allowVolumeExpansion": True,
-        }
-    )
+    params = {"devname": "ssd", "csi.storage.k8s.io/fstype": "xfs"}
+    node.apply(storage_class_body(SC, params, "WaitForFirstConsumer", expandable=True))
     node.pvc(CLAIM, SC, "320Mi")
     node.pod(POD, CLAIM, WRITER)
     try:
