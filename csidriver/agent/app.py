@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import grpc
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from csidriver.agent.brake import DeletionBrake
 from csidriver.agent.localhost import LocalHost
@@ -27,7 +26,7 @@ from csidriver.host import DiskInventory, Filesystems, Mounter, PartitionManager
 from csidriver.kube.client import make_api_client
 from csidriver.kube.heartbeat import Heartbeat
 from csidriver.kube.resources import Kube
-from csidriver.metrics import Metrics
+from csidriver.metrics import Family, Metrics, counter, gauge
 from csidriver.pluginregistration import api_pb2_grpc
 from csidriver.servicers import health
 from csidriver.servicers.identity import IdentityServicer
@@ -55,39 +54,34 @@ async def _node_identity(kube: Kube, settings: Settings) -> tuple[dict[str, str]
     return topology, owner
 
 
-def _disk_metrics(reporter: NodeReporter) -> Iterable[Metric]:
+def _disk_metrics(reporter: NodeReporter) -> Iterable[Family]:
     names = ("size", "free", "largest_extent", "free_entries")
     families = {
-        n: GaugeMetricFamily(f"device_localpv_disk_{n}", f"Pool disk {n.replace('_', ' ')}", labels=["pool", "disk"])
-        for n in names
+        n: gauge(f"device_localpv_disk_{n}", f"Pool disk {n.replace('_', ' ')}", labels=["pool", "disk"]) for n in names
     }
-    healthy = GaugeMetricFamily(
-        "device_localpv_disk_healthy", "1 if the pool disk is readable", labels=["pool", "disk"]
-    )
+    healthy = gauge("device_localpv_disk_healthy", "1 if the pool disk is readable", labels=["pool", "disk"])
     for d in reporter.disks:
-        healthy.add_metric([d.pool, d.path], 1)
+        healthy.add([d.pool, d.path], 1)
         for n in names:
-            families[n].add_metric([d.pool, d.path], getattr(d, n))
+            families[n].add([d.pool, d.path], getattr(d, n))
     for d in reporter.failed:
-        healthy.add_metric([d.pool, d.path], 0)
+        healthy.add([d.pool, d.path], 0)
     return [*families.values(), healthy]
 
 
-def _queue_metrics(queue: WorkQueue) -> Iterable[Metric]:
-    depth = GaugeMetricFamily("device_localpv_reconcile_queue_depth", "DeviceVolume keys waiting to be reconciled")
-    depth.add_metric([], queue.depth())
-    retries = CounterMetricFamily("device_localpv_reconcile_retries", "DeviceVolume reconciles that failed and retry")
-    retries.add_metric([], queue.retries)
+def _queue_metrics(queue: WorkQueue) -> Iterable[Family]:
+    depth = gauge("device_localpv_reconcile_queue_depth", "DeviceVolume keys waiting to be reconciled")
+    depth.add([], queue.depth())
+    retries = counter("device_localpv_reconcile_retries", "DeviceVolume reconciles that failed and retry")
+    retries.add([], queue.retries)
     return [depth, retries]
 
 
-def _brake_metrics(brake: DeletionBrake) -> Iterable[Metric]:
-    deferred = CounterMetricFamily(
-        "device_localpv_deletions_deferred", "Partition deletions deferred by the brake on destruction"
-    )
-    deferred.add_metric([], brake.deferred)
-    engaged = GaugeMetricFamily("device_localpv_deletion_brake_engaged", "1 while deletions are being held back")
-    engaged.add_metric([], 1 if brake.engaged else 0)
+def _brake_metrics(brake: DeletionBrake) -> Iterable[Family]:
+    deferred = counter("device_localpv_deletions_deferred", "Partition deletions deferred by the brake on destruction")
+    deferred.add([], brake.deferred)
+    engaged = gauge("device_localpv_deletion_brake_engaged", "1 while deletions are being held back")
+    engaged.add([], 1 if brake.engaged else 0)
     return [deferred, engaged]
 
 

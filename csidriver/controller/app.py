@@ -7,15 +7,13 @@ import logging
 import re
 from collections.abc import Iterable
 
-from prometheus_client.core import GaugeMetricFamily, Metric
-
 from csidriver.config import Settings
 from csidriver.controller.diskevents import DiskFailureEvents
 from csidriver.csi import csi_pb2_grpc
 from csidriver.kube.client import make_api_client
 from csidriver.kube.lease import LeaseElector
 from csidriver.kube.resources import Kube
-from csidriver.metrics import Metrics
+from csidriver.metrics import Family, Metrics, gauge
 from csidriver.servicers import health
 from csidriver.servicers.controller import ControllerServicer
 from csidriver.servicers.identity import IdentityServicer
@@ -29,14 +27,12 @@ log = logging.getLogger(__name__)
 HEALTH_TIMEOUT = 4.0  # seconds for the /healthz Probe (kubelet's probe timeout in deploy/ is 5 s)
 
 
-def _load_metrics(cluster: ClusterState) -> Iterable[Metric]:
-    volumes = GaugeMetricFamily("device_localpv_volumes", "Volumes per node and pool", labels=["node", "pool"])
-    size = GaugeMetricFamily(
-        "device_localpv_provisioned_bytes", "Bytes provisioned per node and pool", labels=["node", "pool"]
-    )
+def _load_metrics(cluster: ClusterState) -> Iterable[Family]:
+    volumes = gauge("device_localpv_volumes", "Volumes per node and pool", labels=["node", "pool"])
+    size = gauge("device_localpv_provisioned_bytes", "Bytes provisioned per node and pool", labels=["node", "pool"])
     for (node, pool), (provisioned, count) in sorted(cluster.load().items()):
-        volumes.add_metric([node, pool], count)
-        size.add_metric([node, pool], provisioned)
+        volumes.add([node, pool], count)
+        size.add([node, pool], provisioned)
     return [volumes, size]
 
 
