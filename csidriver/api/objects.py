@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import enum
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from csidriver.api import constants as c
@@ -22,7 +24,7 @@ class ErrorCode(enum.Enum):
     INSUFFICIENT_CAPACITY = "InsufficientCapacity"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Placement:
     """Where the agent carved the volume (superset fields; absent on objects made by the original driver)."""
 
@@ -34,7 +36,7 @@ class Placement:
     device_path: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeviceVolume:
     name: str
     owner_node: str
@@ -54,6 +56,19 @@ class DeviceVolume:
     capacity_bytes: int | None = None  # status.capacityBytes: the partition's size as its agent last saw it
 
 
+# The controller caches every DeviceVolume of the cluster (100,000 and more): what most of them share (no labels or
+# annotations, the same few node, pool and disk names) is held once.
+_NOTHING: Mapping[str, str] = MappingProxyType({})
+
+
+def _mapping(raw: object) -> Mapping[str, str]:
+    return dict(raw) if isinstance(raw, Mapping) and raw else _NOTHING
+
+
+def _shared(raw: object) -> str:
+    return sys.intern(str(raw)) if raw else ""
+
+
 def _state(raw: object) -> State:
     try:
         return State(raw)
@@ -68,9 +83,9 @@ def volume_from_dict(obj: Mapping[str, Any]) -> DeviceVolume:
     code, message = _error(status)
     return DeviceVolume(
         name=meta.get("name", ""),
-        owner_node=spec.get("ownerNodeID", ""),
+        owner_node=_shared(spec.get("ownerNodeID")),
         capacity=_bytes(spec.get("capacity")),
-        pool=spec.get("devname", ""),
+        pool=_shared(spec.get("devname")),
         state=_state(status.get("state")),
         error_code=code,
         error_message=message,
@@ -78,15 +93,15 @@ def volume_from_dict(obj: Mapping[str, Any]) -> DeviceVolume:
         finalizers=tuple(meta.get("finalizers") or ()),
         deleting=bool(meta.get("deletionTimestamp")),
         resource_version=meta.get("resourceVersion", ""),
-        labels=dict(meta.get("labels") or {}),
-        annotations=dict(meta.get("annotations") or {}),
+        labels=_mapping(meta.get("labels")),
+        annotations=_mapping(meta.get("annotations")),
         conditions=tuple(status.get("conditions") or ()),
         generation=_whole(meta.get("generation")) or 0,
         capacity_bytes=_whole(status.get("capacityBytes")),
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeviceSnapshot:
     """A point-in-time full copy of a volume, in a partition of its own on the volume's node and pool."""
 
@@ -118,10 +133,16 @@ def _error(status: Mapping[str, Any]) -> tuple[ErrorCode | None, str]:
     return code, str(err.get("message", ""))
 
 
+_UNPLACED = Placement()
+_PLACEMENT_KEYS = ("diskGUID", "diskPath", "partitionName", "partitionUUID", "partitionNumber", "devicePath")
+
+
 def _placement(status: Mapping[str, Any]) -> Placement:
+    if not any(status.get(k) for k in _PLACEMENT_KEYS):
+        return _UNPLACED  # not carved yet (or an original driver's object): one shared empty Placement
     return Placement(
-        disk_guid=status.get("diskGUID", ""),
-        disk_path=status.get("diskPath", ""),
+        disk_guid=_shared(status.get("diskGUID")),
+        disk_path=_shared(status.get("diskPath")),
         partition_name=status.get("partitionName", ""),
         partition_uuid=status.get("partitionUUID", ""),
         partition_number=_whole(status.get("partitionNumber")) or 0,
@@ -137,10 +158,10 @@ def snapshot_from_dict(obj: Mapping[str, Any]) -> DeviceSnapshot:
     code, message = _error(status)
     return DeviceSnapshot(
         name=str(meta.get("name", "")),
-        owner_node=str(spec.get("ownerNodeID", "")),
+        owner_node=_shared(spec.get("ownerNodeID")),
         source_volume=str(spec.get("sourceVolume", "")),
         capacity=_bytes(spec.get("capacity")),
-        pool=str(spec.get("devname", "")),
+        pool=_shared(spec.get("devname")),
         state=_state(status.get("state")),
         error_code=code,
         error_message=message,
@@ -148,7 +169,7 @@ def snapshot_from_dict(obj: Mapping[str, Any]) -> DeviceSnapshot:
         finalizers=tuple(meta.get("finalizers") or ()),
         deleting=bool(meta.get("deletionTimestamp")),
         resource_version=str(meta.get("resourceVersion", "")),
-        annotations=dict(meta.get("annotations") or {}),
+        annotations=_mapping(meta.get("annotations")),
         conditions=tuple(status.get("conditions") or ()),
         cut_at=str(status.get("creationTime") or ""),
         copied_bytes=_whole(status.get("copiedBytes")),
@@ -217,7 +238,7 @@ def placement_dict(p: Placement) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Device:
     """One pool disk as reported in DeviceNode.devices (name = pool name, uuid = GPT disk GUID)."""
 
@@ -232,7 +253,7 @@ class Device:
     cordoned: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeviceNode:
     name: str
     devices: tuple[Device, ...]
