@@ -86,9 +86,22 @@ BENCHES = (
         (),
         ("--nodes", "500", "--volumes", "10000"),
         (
-            Figure("controller cache RSS, 5,000 nodes and 100,000 volumes", r"process max RSS (\d+) MiB", "MiB", 160),
+            Figure("scheduler's cache (tracemalloc), 5,000 nodes and 100,000 volumes", r"cache holds (\d+) MiB", "MiB"),
             Figure("placement decision p99", r"placement decision.*?p99 ([\d.]+) ms", "ms"),
         ),
+    ),
+    Bench(
+        "bench.controller_scale",
+        (),
+        ("--nodes", "500", "--volumes", "10000"),
+        (
+            Figure("controller RSS idle", r"controller idle.*?RSS ([\d.]+) MiB", "MiB", 55),
+            Figure(
+                "controller RSS, 5,000 nodes and 100,000 volumes", r"controller with.*?RSS ([\d.]+) MiB", "MiB", 160
+            ),
+            Figure("controller CPU to sync them", r"controller with.*?ready in [\d.]+ s, ([\d.]+) s of CPU", "s", 5),
+        ),
+        timeout=2400,
     ),
     Bench(
         "bench.expansion",
