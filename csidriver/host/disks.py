@@ -11,7 +11,7 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pyudev
@@ -236,30 +236,39 @@ def kernel_geometry(sys_root: str, name: str) -> tuple[int, int] | None:
 
 def device_users(node: str, sys_root: str = "/sys", mountinfo_path: str = "/proc/self/mountinfo") -> list[str]:
     """Why a block device is busy: filesystem mounts, bind mounts of its node, holders, loop devices."""
-    name = os.path.basename(node)
-    base = os.path.join(sys_root, "class", "block", name)
-    dev = _read_attr(base, "dev")
+    return devices_users([node], sys_root, mountinfo_path)[node]
+
+
+def devices_users(
+    nodes: Sequence[str], sys_root: str = "/sys", mountinfo_path: str = "/proc/self/mountinfo"
+) -> dict[str, list[str]]:
+    """``device_users`` of several block devices, reading the mount table and the loop devices' backing files once."""
     with open(mountinfo_path, encoding="utf-8", errors="surrogateescape") as handle:
         mounts = parse_mountinfo(handle.read())
-    users = [f"mounted at {m.mount_point}" for m in mounts if (dev and m.major_minor == dev) or m.source == node]
-    users += [f"bound at {m.mount_point}" for m in mounts if m.fstype == "devtmpfs" and m.root == f"/{name}"]
-    users += [f"held by {h}" for h in _list_dir(os.path.join(base, "holders"))]
-    return users + [f"backs {loop}" for loop in _loops_backed_by(sys_root, dev)]
+    backs = _loop_backings(sys_root) if nodes else {}
+    out: dict[str, list[str]] = {}
+    for node in nodes:
+        name = os.path.basename(node)
+        base = os.path.join(sys_root, "class", "block", name)
+        dev = _read_attr(base, "dev")
+        users = [f"mounted at {m.mount_point}" for m in mounts if (dev and m.major_minor == dev) or m.source == node]
+        users += [f"bound at {m.mount_point}" for m in mounts if m.fstype == "devtmpfs" and m.root == f"/{name}"]
+        users += [f"held by {h}" for h in _list_dir(os.path.join(base, "holders"))]
+        out[node] = users + [f"backs {loop}" for loop in backs.get(dev, [])] if dev else users
+    return out
 
 
-def _loops_backed_by(sys_root: str, dev: str) -> list[str]:
-    if not dev:
-        return []
-    major, minor = (int(x) for x in dev.split(":"))
-    found = []
+def _loop_backings(sys_root: str) -> dict[str, list[str]]:
+    """Block devices that back a loop device ("major:minor" -> the loop devices they back)."""
+    found: dict[str, list[str]] = {}
     for loop in _list_dir(os.path.join(sys_root, "class", "block")):
         backing = _read_attr(os.path.join(sys_root, "class", "block", loop), "loop/backing_file")
         try:
             info = os.stat(backing) if backing else None
         except OSError:
             continue
-        if info is not None and stat.S_ISBLK(info.st_mode) and info.st_rdev == os.makedev(major, minor):
-            found.append(loop)
+        if info is not None and stat.S_ISBLK(info.st_mode):
+            found.setdefault(f"{os.major(info.st_rdev)}:{os.minor(info.st_rdev)}", []).append(loop)
     return found
 
 

@@ -11,16 +11,19 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import functools
 import logging
 import os
+import struct
 import tempfile
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 from csidriver.api.naming import GPT_NAME
 
 from .clone import Freezer, SourceBusy, copy_device, source_use
-from .disks import PoolDisk, device_users, kernel_geometry, kernel_partition, read_table
+from .disks import PoolDisk, device_users, devices_users, kernel_geometry, kernel_partition, read_table
 from .parsers import MIB, DiskTable, Extent, PartitionEntry, free_extents, parse_mountinfo, partition_node
 from .runner import Runner
 
@@ -124,6 +127,72 @@ def roomy_fit(table: DiskTable, size: int) -> Extent:
     return Extent(extent.start_bytes + offset, extent.size_bytes - offset)
 
 
+@dataclass(frozen=True)
+class Want:
+    """One partition asked of a batch: its GPT name, its size in bytes (rounded up to 1 MiB), and its placement rule
+    (best fit, or with ``room_to_grow`` roomy fit)."""
+
+    name: str
+    size: int
+    room_to_grow: bool = False
+
+
+def plan(table: DiskTable, wants: Sequence[Want]) -> list[PartitionEntry | PartitionError | ValueError]:
+    """Place several partitions at once, exactly as one after the other would be: each in the table as the
+    previous ones leave it, by its own rule. A name already in the table (or earlier in ``wants``) is that entry,
+    not a new one. One per want, in order: the entry (number 0 and no UUID when new: sfdisk assigns them), or why it
+    cannot be made (InsufficientCapacity, an invalid name or size), which does not affect the others."""
+    out: list[PartitionEntry | PartitionError | ValueError] = []
+    sector = table.sector_size
+    for want in wants:
+        try:
+            validate_name(want.name)
+            if want.size <= 0:
+                raise ValueError(f"size must be positive, got {want.size}")
+        except ValueError as e:
+            out.append(e)
+            continue
+        if table.pool() == want.name:
+            out.append(UnsafeOperation(f"{want.name!r} names the meta partition #1"))
+            continue
+        existing = named(table, want.name)
+        if existing is not None:
+            out.append(existing)
+            continue
+        size = -(-want.size // MIB) * MIB
+        try:
+            extent = roomy_fit(table, size) if want.room_to_grow else best_fit(table, size)
+        except InsufficientCapacity as e:
+            out.append(e)
+            continue
+        entry = PartitionEntry(0, "", extent.start_bytes // sector, size // sector, LINUX_FS_TYPE, "", want.name, "")
+        table = replace(table, partitions=(*table.partitions, entry))
+        out.append(entry)
+    return out
+
+
+@dataclass
+class BatchTimes:
+    """Where a batch's time went, in seconds: waiting for the disk's lock, reading, planning, writing and reading back
+    the table, telling the kernel, wiping the new partitions."""
+
+    members: int = 0
+    created: int = 0
+    lock: float = 0.0
+    table: float = 0.0
+    kernel: float = 0.0
+    wipe: float = 0.0
+
+
+@dataclass
+class Batch:
+    """What ``create_many`` made: one result per want, in order (the partition and whether this batch created and
+    wiped it, or why not), and its timings."""
+
+    results: list[tuple[Partition, bool] | Exception] = field(default_factory=list)
+    times: BatchTimes = field(default_factory=BatchTimes)
+
+
 class PartitionManager:
     def __init__(
         self,
@@ -141,12 +210,16 @@ class PartitionManager:
         self._sys_root = sys_root
         self._mountinfo = mountinfo_path
         self._freezer = Freezer(runner, lock_dir)
+        self._reads: dict[str, _SharedRead] = {}
 
     async def find(self, disks: Sequence[PoolDisk], name: str) -> tuple[PoolDisk, PartitionEntry] | None:
-        """Look a partition up by exact GPT name on fresh reads of the given pool disks."""
+        """Look a partition up by exact GPT name on fresh reads of the given pool disks: reads that began after this
+        call did (concurrent lookups share one read of a disk)."""
         validate_name(name)
         for disk in disks:
-            table = await self._read(disk.path)
+            table = await self._reads.setdefault(
+                disk.path, _SharedRead(functools.partial(self._read, disk.path))
+            ).fresh()
             if table is None or table.pool() != disk.pool:
                 continue
             entry = named(table, name)
@@ -167,6 +240,131 @@ class PartitionManager:
             table = _require_pool(disk, pool, await self._read(disk), name)
             entry = named(table, name) or await self._append(disk, table, name, want, room_to_grow)
             return await self._activate(disk, table.sector_size, entry)
+
+    async def create_many(self, disk_path: str, pool: str, wants: Sequence[Want]) -> Batch:
+        """Find-or-create several partitions on one disk with ONE table write: under the disk's lock, one fresh read
+        proves the disk is the pool's, each want is placed as if made one after the other (``plan``: best fit or
+        roomy fit, exact), all new entries are appended by one sfdisk call and read back once, the kernel is told
+        about each (BLKPG, one partition at a time), and each new partition is wiped before it is returned.
+
+        A want that cannot be made (no room, a bad name or size) gets its error and does not fail the others; a
+        failure of the disk itself (not the pool's, a table that cannot be read or written) fails them all (raised).
+        Crash-safe: the table write is one atomic step (the GPT holds all of the batch or none of it), and every
+        partition is recognised by its GPT name, so a caller that repeats the batch after a crash adopts what was
+        written (found, not created again) and wipes it again."""
+        batch = Batch(times=BatchTimes(members=len(wants)))
+        times = batch.times
+        disk = await asyncio.to_thread(os.path.realpath, disk_path)
+        started = time.monotonic()
+        async with self._locked(disk):
+            times.lock = time.monotonic() - started
+            mark = time.monotonic()
+            table = _require_pool(disk, pool, await self._read(disk))
+            planned = plan(table, wants)
+            # A name asked twice is planned once (the second want is the first's entry).
+            new = list({p.name: p for p in planned if isinstance(p, PartitionEntry) and p.number == 0}.values())
+            if new:
+                script = "".join(
+                    f'start={p.start}, size={p.size}, type={LINUX_FS_TYPE}, name="{p.name}"\n' for p in new
+                )
+                await self._runner.run([*_SFDISK_WRITE, "--append", "--", disk], input=script.encode())
+                table = _require_pool(disk, pool, await self._read(disk))
+            times.table = time.monotonic() - mark
+            times.created = len(new)
+            fresh = {p.name for p in new}
+            entries: list[PartitionEntry | Exception] = []
+            for want, p in zip(wants, planned, strict=True):
+                if not isinstance(p, PartitionEntry):
+                    entries.append(p)
+                    continue
+                entry = named(table, want.name)
+                if entry is None or entry.start != p.start:
+                    entries.append(
+                        PartitionError(f"{disk}: partition {want.name!r} not at sector {p.start} after writing it")
+                    )
+                else:
+                    entries.append(entry)
+            mark = time.monotonic()
+            parts = await self._activate_all(disk, table, entries)
+            times.kernel = time.monotonic() - mark
+            mark = time.monotonic()
+            wiped = await self._wipe_new([p for p in parts if isinstance(p, Partition) and p.name in fresh])
+            times.wipe = time.monotonic() - mark
+            for part in parts:
+                if isinstance(part, Partition):
+                    failed = wiped.get(part.name)
+                    batch.results.append(failed if failed is not None else (part, part.name in fresh))
+                else:
+                    batch.results.append(part)
+        return batch
+
+    async def _activate_all(
+        self, disk: str, table: DiskTable, entries: Sequence[PartitionEntry | Exception]
+    ) -> list[Partition | Exception]:
+        """The kernel told about each entry. New partitions are added in one partx call over the range of their
+        numbers (BLKPG, one partition at a time; a number already known to the kernel is refused and left as it is),
+        then each is checked, and brought up to date one by one when it is not right."""
+        sector = table.sector_size
+        listed = [e for e in entries if isinstance(e, PartitionEntry)]
+
+        def kernel_views() -> dict[int, tuple[int, int] | None]:
+            views = {
+                e.number: kernel_geometry(self._sys_root, os.path.basename(partition_node(disk, e.number)))
+                for e in listed
+            }
+            return {
+                n: v if v is None or os.path.exists(partition_node(disk, n)) else (-1, -1) for n, v in views.items()
+            }
+
+        missing = sorted(n for n, v in (await asyncio.to_thread(kernel_views)).items() if v is None)
+        if len(missing) > 1:
+            await self._runner.run(["partx", "--add", "--nr", f"{missing[0]}:{missing[-1]}", "--", disk], check=False)
+        views = await asyncio.to_thread(kernel_views)
+        out: list[Partition | Exception] = []
+        for entry in entries:
+            if not isinstance(entry, PartitionEntry):
+                out.append(entry)
+                continue
+            if views[entry.number] == (entry.start * sector // 512, entry.size * sector // 512):
+                node = partition_node(disk, entry.number)
+                out.append(
+                    Partition(
+                        disk, entry.number, entry.name, entry.uuid, node, entry.size * sector, entry.start * sector
+                    )
+                )
+                continue
+            try:
+                out.append(await self._activate(disk, sector, entry))
+            except Exception as e:  # this partition's failure only (partx refused it, its node did not appear)
+                out.append(e)
+        return out
+
+    async def _wipe_new(self, parts: Sequence[Partition]) -> dict[str, Exception]:
+        """Wipe partitions this batch created (one wipefs call for all of them, then their first and last MiB), under
+        the disk's lock. The failures by partition name; a partition in use is never wiped."""
+        by_node = await asyncio.to_thread(devices_users, [p.node for p in parts], self._sys_root, self._mountinfo)
+        users = {p.name: by_node[p.node] for p in parts}
+        failed: dict[str, Exception] = {
+            p.name: PartitionBusy(f"{p.node} is in use: {', '.join(users[p.name])}") for p in parts if users[p.name]
+        }
+        idle = [p for p in parts if not users[p.name]]
+        if not idle:
+            return failed
+        done = await self._runner.run(
+            ["wipefs", "--all", "--force", "--quiet", "--", *(p.node for p in idle)], check=False
+        )
+        if done.returncode != 0:  # which one failed: each on its own
+            for part in list(idle):
+                again = await self._runner.run(["wipefs", "--all", "--force", "--quiet", "--", part.node], check=False)
+                if again.returncode != 0:
+                    failed[part.name] = PartitionError(f"wipefs {part.node}: {again.stderr.strip()}")
+                    idle.remove(part)
+        zeroed = await asyncio.to_thread(zero_ends_all, [p.node for p in idle], MIB)
+        for part in idle:
+            if part.node in zeroed:
+                e = zeroed[part.node]
+                failed[part.name] = PartitionBusy(f"{part.node} is in use (exclusive open failed)") if _busy(e) else e
+        return failed
 
     async def grow(self, disk_path: str, pool: str, name: str, size: int) -> Partition:
         """Grow partition ``name`` in place to at least ``size`` bytes (rounded up to 1 MiB): its start stays, its
@@ -407,6 +605,38 @@ class PartitionManager:
             raise
 
 
+class _SharedRead:
+    """Concurrent callers of ``fresh`` share one run of ``read``, one that began after each of them asked: what it
+    returns (or raises) is as fresh as a read of its own."""
+
+    def __init__(self, read: Callable[[], Awaitable[DiskTable | None]]) -> None:
+        self._read = read
+        self._lock = asyncio.Lock()
+        self._started = 0
+        self._completed = 0
+        self._result: DiskTable | None = None
+        self._error: Exception | None = None
+
+    async def fresh(self) -> DiskTable | None:
+        want = self._started + 1
+        async with self._lock:
+            if self._completed < want:
+                self._started += 1
+                ticket = self._started
+                try:
+                    self._result, self._error = await self._read(), None
+                except Exception as e:
+                    self._result, self._error = None, e
+                self._completed = ticket
+            if self._error is not None:
+                raise self._error
+            return self._result
+
+
+def _busy(error: Exception) -> bool:
+    return isinstance(error, OSError) and error.errno == errno.EBUSY
+
+
 def _require_pool(disk: str, pool: str, table: DiskTable | None, volume: str = "") -> DiskTable:
     """The table, if it proves ``disk`` belongs to ``pool``; a volume may not share the pool's name."""
     if table is None or not pool or table.pool() != pool:
@@ -429,6 +659,51 @@ def zero_ends(node: str, length: int) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# BLKZEROOUT (linux/fs.h, _IO(0x12, 127)): zero a byte range of a block device, by the device's own write-zeroes
+# command when it has one (a loop device punches the range in its backing file), else by the kernel writing zero
+# pages; the range is dropped from the page cache. Argument: two u64, start and length (512-byte aligned).
+_BLKZEROOUT = 0x127F
+
+
+def zero_ends_all(nodes: Sequence[str], length: int) -> dict[str, OSError]:
+    """``zero_ends`` for several partitions of one disk, with one flush of the disk's write cache instead of one per
+    partition: each is opened exclusively and its ends zeroed by BLKZEROOUT (written as ``zero_ends`` does where the
+    device refuses it), then one fsync makes them all durable. The failures by node (EBUSY: in use)."""
+    failed: dict[str, OSError] = {}
+    zeroed: list[str] = []
+    for node in nodes:
+        try:
+            fd = os.open(node, os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC)
+        except OSError as e:
+            failed[node] = e
+            continue
+        try:
+            size = os.lseek(fd, 0, os.SEEK_END)
+            chunk = min(length, size)
+            for offset in sorted({0, size - chunk}):
+                try:
+                    fcntl.ioctl(fd, _BLKZEROOUT, struct.pack("QQ", offset, chunk))
+                except OSError as e:
+                    if e.errno not in (errno.ENOTTY, errno.EOPNOTSUPP, errno.EINVAL):
+                        raise
+                    _pwrite_all(fd, bytes(chunk), offset)
+                    os.fsync(fd)
+            zeroed.append(node)
+        except OSError as e:
+            failed[node] = e
+        finally:
+            os.close(fd)
+    if zeroed:
+        fd = os.open(zeroed[0], os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)  # a flush of the whole disk's write cache
+        except OSError as e:
+            failed.update({n: e for n in zeroed})
+        finally:
+            os.close(fd)
+    return failed
 
 
 def zero_tail(node: str, length: int) -> None:
