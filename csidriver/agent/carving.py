@@ -7,15 +7,24 @@ import asyncio
 import contextlib
 import datetime
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from csidriver.agent.ports import Partitions
 from csidriver.api import constants as c
 from csidriver.api.objects import Placement
 from csidriver.host.disks import PoolDisk
-from csidriver.host.partitions import InsufficientCapacity, NotAPoolDisk, Partition, PartitionBusy, PartitionError
+from csidriver.host.partitions import (
+    BatchTimes,
+    InsufficientCapacity,
+    NotAPoolDisk,
+    Partition,
+    PartitionBusy,
+    PartitionError,
+    Want,
+)
 from csidriver.host.runner import CommandError
 
 log = logging.getLogger(__name__)
@@ -68,8 +77,102 @@ class NoRoom:
     reason: str
 
 
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+class Creator(Protocol[T_co]):
+    """What carving asks of a disk: find-or-create one named partition (PartitionManager, or a Batcher)."""
+
+    async def create(self, disk_path: str, pool: str, name: str, size: int, *, room_to_grow: bool = False) -> T_co: ...
+
+
+@dataclass(frozen=True)
+class Carved:
+    """A partition a batch found or created: whether that batch created (and wiped) it, how long the request waited
+    for its batch to begin (the batch before it on that disk, holding the disk), and the batch's timings."""
+
+    partition: Partition
+    wiped: bool
+    waited: float
+    times: BatchTimes
+
+
+_Member = tuple[Want, float, "asyncio.Future[Carved]"]
+
+
+class Batcher:
+    """Creates on one disk share one partition-table write: a create asked while a batch is being made on its disk
+    waits, and all that waited go together in the next batch (PartitionManager.create_many), in the order asked, so
+    each is placed exactly as if made one after the other. The first create on an idle disk starts at once.
+
+    A member's own failure (no room, a bad name or size) is its alone; a failure of the disk fails that batch's
+    members. A member whose caller went away before its batch began is left out; one that went away after still has
+    its partition made, found by its name when the volume is reconciled again (or deleted)."""
+
+    def __init__(self, parts: Partitions) -> None:
+        self._parts = parts
+        self._waiting: dict[tuple[str, str], list[_Member]] = {}  # a key is present while its batches run
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def create(self, disk_path: str, pool: str, name: str, size: int, *, room_to_grow: bool = False) -> Carved:
+        key = (disk_path, pool)
+        future: asyncio.Future[Carved] = asyncio.get_running_loop().create_future()
+        members = self._waiting.get(key)
+        if members is None:
+            members = self._waiting[key] = []
+            task = asyncio.create_task(self._run(key))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        members.append((Want(name, size, room_to_grow), time.monotonic(), future))
+        return await future
+
+    async def _run(self, key: tuple[str, str]) -> None:
+        disk, pool = key
+        members: list[_Member] = []
+        try:
+            while True:
+                members = [m for m in self._waiting[key] if not m[2].done()]
+                self._waiting[key] = []
+                if not members:
+                    return
+                began = time.monotonic()
+                try:
+                    batch = await self._parts.create_many(disk, pool, [want for want, _, _ in members])
+                except Exception as e:
+                    log.warning("batch of %d partitions on %s failed: %s", len(members), disk, e)
+                    for _, _, future in members:
+                        if not future.done():
+                            future.set_exception(e)
+                    continue
+                for (_, asked, future), result in zip(members, batch.results, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(result, Exception):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(Carved(result[0], result[1], began - asked, batch.times))
+                if batch.times.created > 1:
+                    t = batch.times
+                    log.info(
+                        "%s: %d partitions in one table write (lock %.0f ms, table %.0f ms, kernel %.0f ms, wipe %.0f"
+                        " ms)",
+                        disk,
+                        t.created,
+                        t.lock * 1000,
+                        t.table * 1000,
+                        t.kernel * 1000,
+                        t.wipe * 1000,
+                    )
+        finally:
+            left = [*members, *self._waiting.pop(key, [])]
+            for _, _, future in left:
+                if not future.done():
+                    future.set_exception(PartitionError(f"the batch on {disk} was stopped"))
+
+
 async def carve(
-    parts: Partitions,
+    parts: Creator[T],
     disks: Sequence[PoolDisk],
     skip: set[str],
     node: str,
@@ -77,7 +180,7 @@ async def carve(
     name: str,
     size: int,
     room_to_grow: bool = False,
-) -> tuple[Partition, str] | NoRoom:
+) -> tuple[T, str] | NoRoom:
     """Create partition `name` of `size` bytes on the pool disk whose largest free extent is the smallest that
     still holds it (best fit), or with `room_to_grow` one with room for it to double (`roomy_fit`), never on a
     disk whose GUID is in `skip` (cordoned). Returns the partition and its disk's GUID, or why it cannot be made."""

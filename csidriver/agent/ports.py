@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from csidriver.api import constants as c
 from csidriver.host.disks import PoolDisk
 from csidriver.host.parsers import PartitionEntry
-from csidriver.host.partitions import Partition
+from csidriver.host.partitions import Batch, Partition, Want
 
 Obj = dict[str, Any]
 
@@ -59,6 +59,7 @@ class Partitions(Protocol):
     async def create(
         self, disk_path: str, pool: str, name: str, size: int, *, room_to_grow: bool = False
     ) -> Partition: ...
+    async def create_many(self, disk_path: str, pool: str, wants: Sequence[Want]) -> Batch: ...
     async def grow(self, disk_path: str, pool: str, name: str, size: int) -> Partition: ...
     async def activate(self, disk_path: str, pool: str, name: str) -> Partition | None: ...
     async def fill_from(

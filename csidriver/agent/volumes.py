@@ -9,15 +9,25 @@ Every step is check-then-act, so a crash at any line is repaired by the next pas
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from csidriver.agent.brake import DeletionBrake
-from csidriver.agent.carving import NoRoom, carve, condition, copy_progress, failure_class, placement
+from csidriver.agent.carving import (
+    Batcher,
+    Carved,
+    NoRoom,
+    carve,
+    condition,
+    copy_progress,
+    failure_class,
+    placement,
+)
 from csidriver.agent.ports import Inventory, Partitions, VolumeObjects
-from csidriver.agent.workqueue import Retry
+from csidriver.agent.workqueue import Retry, current_item
 from csidriver.api import constants as c
 from csidriver.api import naming
 from csidriver.api.objects import (
@@ -73,6 +83,40 @@ def _with(vol: DeviceVolume, cond: dict[str, Any]) -> list[dict[str, Any]]:
     return [dict(x) for x in vol.conditions if x.get("type") != cond["type"]] + [cond]
 
 
+def _uid(raw: Mapping[str, Any]) -> str:
+    return str((raw.get("metadata") or {}).get("uid") or "")
+
+
+class _Phases:
+    """Where one creation's time went, for its log line: seconds by phase, in the order they happened, from the
+    event that queued the volume (the work queue's item) to its status patch."""
+
+    def __init__(self) -> None:
+        item = current_item()
+        now = time.monotonic()
+        self.origin = item.added if item is not None else now
+        self.spent: dict[str, float] = {"queue": now - item.added if item else 0.0}
+        self._mark = now
+
+    def lap(self, phase: str) -> None:
+        now = time.monotonic()
+        self.spent[phase] = self.spent.get(phase, 0.0) + now - self._mark
+        self._mark = now
+
+    def batch(self, carved: Carved) -> None:
+        """Split the carve's lap into the wait for its batch and the batch's own steps."""
+        t = carved.times
+        carve = self.spent.pop("carve", 0.0)
+        steps = {"disk-wait": carved.waited, "lock": t.lock, "table": t.table, "kernel": t.kernel, "wipe": t.wipe}
+        self.spent.update(steps)
+        self.spent["carve-other"] = max(carve - sum(steps.values()), 0.0)
+
+    def text(self) -> str:
+        total = time.monotonic() - self.origin
+        shown = " ".join(f"{k}={v * 1000:.0f}" for k, v in self.spent.items())
+        return f"phases in ms: {shown} since-event={total * 1000:.0f}"
+
+
 class VolumeReconciler:
     def __init__(
         self,
@@ -95,18 +139,27 @@ class VolumeReconciler:
         self._cordoned = cordoned
         self._snapshots: Mapping[str, Mapping[str, Any]] = snapshots if snapshots is not None else {}
         self._snapshots_synced = snapshots_synced
+        self._batcher = Batcher(partitions)
+        # Volumes this agent reported Ready (name -> uid) that its cache still shows Pending: a pass queued by an
+        # older event (adding the finalizer) has nothing to do, and needs no disk read or API request to know it.
+        self._made_ready: dict[str, str] = {}
 
     async def reconcile(self, name: str) -> float | None:
         raw = self._cache.get(name)
         if raw is None:
+            self._made_ready.pop(name, None)
             return None
         vol = volume_from_dict(raw)
+        if vol.state is not State.PENDING:
+            self._made_ready.pop(name, None)  # the cache caught up (or the volume moved on)
         log.debug("reconcile %s: state=%s deleting=%s", name, vol.state.value, vol.deleting)
         if vol.owner_node != self._node:
             return None
         try:
             if vol.deleting:
                 return await self._delete(vol, raw)
+            elif vol.state is State.PENDING and self._made_ready.get(name) == _uid(raw):
+                log.debug("volume %s: Ready already written, the cache has not caught up", name)
             elif vol.state is State.PENDING:
                 try:
                     await self._create(vol, raw)
@@ -227,16 +280,25 @@ class VolumeReconciler:
         await self._kube.patch_volume_status(vol.name, {"conditions": _with(vol, cond)})
 
     async def _create(self, vol: DeviceVolume, raw: Mapping[str, Any]) -> None:
+        phases = _Phases()
         if vol.capacity <= 0:
             # Never written by a controller; an object made by hand, or one whose capacity cannot be read.
             why = f"spec.capacity must be a positive number of bytes; read {vol.capacity} from this object"
             await self._fail(vol, raw, ErrorCode.INTERNAL, why)
             return
-        if c.FINALIZER not in vol.finalizers:
-            await self._kube.add_finalizer(vol.name, vol.finalizers, c.FINALIZER, resource_version=vol.resource_version)
         pname = naming.partition_name(vol.name)
         disks = self._pool_disks(vol.pool)
-        found = await self._parts.find(disks, pname)
+        # The finalizer goes on before any disk is written; the lookup by name only reads, meanwhile.
+        lookup = self._parts.find(disks, pname)
+        if c.FINALIZER not in vol.finalizers:
+            finalize = self._kube.add_finalizer(
+                vol.name, vol.finalizers, c.FINALIZER, resource_version=vol.resource_version
+            )
+            _, found = await asyncio.gather(finalize, lookup)
+        else:
+            found = await lookup
+        phases.lap("finalizer-find")
+        wiped = False
         if found is not None:
             # The partition exists: a crash came between carving and Ready (wipe it, never handed out yet), or this
             # is a second pass from a cache that has not seen our own Ready yet (an event from adding the finalizer
@@ -251,19 +313,25 @@ class VolumeReconciler:
             part = await self._parts.create(disk.path, vol.pool, pname, vol.capacity)
             guid = disk.guid
         else:
-            carved = await self._carve(vol, raw, disks, pname)
-            if carved is None:
+            made = await self._carve(vol, raw, disks, pname)
+            if made is None:
                 return
-            part, guid = carved
+            phases.lap("carve")
+            carved, guid = made
+            phases.batch(carved)
+            part, wiped = carved.partition, carved.wiped
         copied: dict[str, int] = {}
         if vol.annotations.get(c.CLONE_SOURCE_ANNOTATION) or vol.annotations.get(c.RESTORE_SOURCE_ANNOTATION):
             done = await self._fill(vol, raw, part)
             if done is None:
                 return
             copied["copiedBytes"] = done
-        else:
+            phases.lap("copy")
+        elif not wiped:  # found, not made by its batch (which wipes what it creates): never handed out unwiped
             await self._parts.wipe(part.node)
+            phases.lap("wipe")
         await self._reporter.refresh()  # DeviceNode shows the space as used before the volume reads Ready
+        phases.lap("inventory")
         await self._kube.patch_volume_status(
             vol.name,
             {
@@ -277,7 +345,9 @@ class VolumeReconciler:
                 **copied,
             },
         )
-        log.info("volume %s ready: %s on %s", vol.name, part.node, part.disk_path)
+        phases.lap("status")
+        self._made_ready[vol.name] = _uid(raw)
+        log.info("volume %s ready: %s on %s (%s)", vol.name, part.node, part.disk_path, phases.text())
 
     async def _fill(self, vol: DeviceVolume, raw: Mapping[str, Any], part: Partition) -> int | None:
         """A clone or a restore: copy the source volume's (or snapshot's) partition, on this node, onto the new one
@@ -335,10 +405,11 @@ class VolumeReconciler:
 
     async def _carve(
         self, vol: DeviceVolume, raw: Mapping[str, Any], disks: list[PoolDisk], pname: str
-    ) -> tuple[Partition, str] | None:
-        # Best fit (or room to grow, when its StorageClass asks), never on a disk an operator cordoned.
+    ) -> tuple[Carved, str] | None:
+        # Best fit (or room to grow, when its StorageClass asks), never on a disk an operator cordoned; creates queued
+        # on one disk share one partition-table write.
         roomy = vol.annotations.get(c.PLACEMENT_ANNOTATION) == c.PLACEMENT_ROOM_TO_GROW
-        made = await carve(self._parts, disks, self._cordoned(), self._node, vol.pool, pname, vol.capacity, roomy)
+        made = await carve(self._batcher, disks, self._cordoned(), self._node, vol.pool, pname, vol.capacity, roomy)
         if isinstance(made, NoRoom):
             await self._reporter.refresh()  # what the controller believed was stale: correct it before reporting
             await self._fail(vol, raw, ErrorCode.INSUFFICIENT_CAPACITY, made.reason)

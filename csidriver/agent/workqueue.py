@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
@@ -14,6 +17,25 @@ Reconcile = Callable[[str], Awaitable[float | None]]  # returns seconds to reque
 
 class Retry(Exception):
     """A failure worth retrying with backoff."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """The key a worker is reconciling: when it was first added since its last run began, and when a worker took it
+    (time.monotonic()). Read by a reconcile (current_item) to report where a key's time went."""
+
+    key: str
+    added: float
+    started: float
+
+
+# Each worker is its own task with its own context: the value is the item that task is running.
+_CURRENT: contextvars.ContextVar[Item | None] = contextvars.ContextVar("workqueue_item", default=None)
+
+
+def current_item() -> Item | None:
+    """The item the calling task's worker is reconciling, or None outside a work queue."""
+    return _CURRENT.get()
 
 
 class WorkQueue:
@@ -27,12 +49,14 @@ class WorkQueue:
         self._dirty: set[str] = set()  # added while running: run again afterwards
         self._failures: dict[str, int] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._added: dict[str, float] = {}  # key -> when it was first added since its last run began
         self.retries = 0
 
     def depth(self) -> int:
         return len(self._queued)
 
     def add(self, key: str) -> None:
+        self._added.setdefault(key, time.monotonic())
         if key in self._running:
             self._dirty.add(key)
             return
@@ -63,6 +87,8 @@ class WorkQueue:
             key = await self._queue.get()
             self._queued.discard(key)
             self._running.add(key)
+            now = time.monotonic()
+            token = _CURRENT.set(Item(key, self._added.pop(key, now), now))
             try:
                 again = await self._reconcile(key)
                 self._failures.pop(key, None)
@@ -88,6 +114,7 @@ class WorkQueue:
                 )
                 self.add_after(key, delay)
             finally:
+                _CURRENT.reset(token)
                 self._running.discard(key)
                 if key in self._dirty:
                     self._dirty.discard(key)

@@ -7,13 +7,13 @@ a test can tell a wiped volume from a filled clone. Failures are injected by nam
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from csidriver.host.clone import SourceBusy
 from csidriver.host.disks import PoolDisk
 from csidriver.host.parsers import MIB, DiskTable, PartitionEntry
-from csidriver.host.partitions import InsufficientCapacity, Partition, PartitionBusy
+from csidriver.host.partitions import Batch, BatchTimes, InsufficientCapacity, Partition, PartitionBusy, Want, plan
 
 SECTOR = 512
 
@@ -55,6 +55,15 @@ class Disk:
             return cursor
         raise InsufficientCapacity(max(largest, self.size - cursor), size)
 
+    def table(self) -> DiskTable:
+        """The slots as a GPT table (1 MiB first usable, a meta partition #1 up to 10 MiB) for the real planner."""
+        meta = PartitionEntry(1, f"{self.path}p1", 2048, 9 * MIB // SECTOR, "", "", self.pool, "")
+        entries = tuple(
+            PartitionEntry(s.number, self.node(s), s.start // SECTOR, s.size // SECTOR, "", "", s.name, "")
+            for s in self.slots
+        )
+        return DiskTable("gpt", self.guid, SECTOR, 2048, self.size // SECTOR - 34, 128, (meta, *entries))
+
     def as_pool_disk(self) -> PoolDisk:
         used = sum(s.size for s in self.slots)
         table = DiskTable("gpt", self.guid, SECTOR, 2048, self.size // SECTOR - 34, 128, ())
@@ -70,6 +79,10 @@ class FakePartitions:
         self.fail_next: dict[str, Exception] = {}
         self.calls: list[tuple[str, str]] = []  # (method, partition name)
         self.on_copy: Callable[[], None] | None = None  # runs in the middle of a copy (a test's crash point)
+        self.batches: list[list[str]] = []  # the names of each create_many call, in order
+        self.table_writes = 0  # create_many calls that wrote the table (one write each, however many they made)
+        # Runs in create_many after the table is written and before anything else (a test's crash point or pause).
+        self.after_write: Callable[[], Awaitable[None]] | None = None
 
     def _hook(self, method: str, name: str) -> None:
         self.calls.append((method, name))
@@ -117,6 +130,37 @@ class FakePartitions:
             slot = Slot(number, name, disk.place(want), want)
             disk.slots.append(slot)
         return self._partition(disk, slot)
+
+    async def create_many(self, disk_path: str, pool: str, wants: Sequence[Want]) -> Batch:
+        """Like PartitionManager.create_many: the real planner places every want on the disk as it stands, all new
+        ones are written at once (one table write) and wiped; one result per want."""
+        self.batches.append([w.name for w in wants])
+        self._hook("create_many", ",".join(w.name for w in wants))
+        disk = self.disks[disk_path]
+        assert disk.pool == pool, f"{disk_path} is not a {pool} disk"
+        planned = plan(disk.table(), wants)
+        made: dict[str, Slot] = {}
+        for entry in planned:
+            if isinstance(entry, PartitionEntry) and entry.number == 0 and entry.name not in made:
+                number = next(n for n in range(2, 200) if n not in {s.number for s in disk.slots})
+                slot = Slot(number, entry.name, entry.start * SECTOR, entry.size * SECTOR)
+                disk.slots.append(slot)
+                made[entry.name] = slot
+        if made:
+            self.table_writes += 1
+            if self.after_write is not None:
+                await self.after_write()
+            for slot in made.values():
+                slot.content = "wiped"
+        batch = Batch(times=BatchTimes(members=len(wants), created=len(made)))
+        for want, entry in zip(wants, planned, strict=True):
+            if isinstance(entry, Exception):
+                batch.results.append(entry)
+                continue
+            found = self._slot(disk_path, want.name)
+            assert found is not None
+            batch.results.append((self._partition(disk, found), want.name in made))
+        return batch
 
     async def grow(self, disk_path: str, pool: str, name: str, size: int) -> Partition:
         self._hook("grow", name)

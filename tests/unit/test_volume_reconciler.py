@@ -102,7 +102,16 @@ async def test_a_volume_of_another_node_is_ignored() -> None:
 async def test_crash_between_carving_and_ready_is_wiped_again() -> None:
     w = World()
     name = await w.volume()
-    w.parts.fail_next["wipe"] = RuntimeError("agent killed here")
+
+    async def killed() -> None:
+        raise RuntimeError("agent killed here")  # after the table write, before the batch wipes
+
+    w.parts.after_write = killed
+    with pytest.raises(RuntimeError):
+        await w.rec.reconcile(name)
+    w.parts.after_write = None
+    assert w.slot(name).content == "blank" and w.obj(name).state is State.PENDING
+    w.parts.fail_next["wipe"] = RuntimeError("agent killed again, in the wipe of a partition found")
     with pytest.raises(RuntimeError):
         await w.rec.reconcile(name)
     assert w.slot(name).content == "blank" and w.obj(name).state is State.PENDING
@@ -152,7 +161,7 @@ async def test_a_failure_retried_is_explained_once() -> None:
     w = World()
     name = await w.volume()
     for _ in range(2):
-        w.parts.fail_next["create"] = CommandError(["sfdisk"], 1, "device busy")
+        w.parts.fail_next["create_many"] = CommandError(["sfdisk"], 1, "device busy")
         with pytest.raises(CommandError):
             await w.rec.reconcile(name)
     ready = _conditions(w.obj(name), "Ready")
