@@ -76,7 +76,7 @@ _ENV: Mapping[str, tuple[str, str]] = {
     "kube_qps": ("KUBE_API_QPS", "50"),
     "kube_burst": ("KUBE_API_BURST", "100"),
     "lock_dir": ("LOCK_DIR", "/run/device-localpv/locks"),
-    "workers": ("WORKERS", "16"),
+    "workers": ("WORKERS", "128"),
     "log_level": ("LOG_LEVEL", "INFO"),
     "max_deletions": ("MAX_DELETIONS", "120"),
     "deletion_window_seconds": ("DELETION_WINDOW_SECONDS", "60"),
