@@ -115,7 +115,11 @@ class Batcher:
         self._waiting: dict[tuple[str, str], list[_Member]] = {}  # a key is present while its batches run
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def create(self, disk_path: str, pool: str, name: str, size: int, *, room_to_grow: bool = False) -> Carved:
+    async def create(
+        self, disk_path: str, pool: str, name: str, size: int, *, room_to_grow: bool = False, adopt: bool = False
+    ) -> Carved:
+        """The partition named ``name`` on this disk, made (and wiped) by the next batch unless it exists; with
+        ``adopt``, one that exists is wiped by that batch too (see host.partitions.Want)."""
         key = (disk_path, pool)
         future: asyncio.Future[Carved] = asyncio.get_running_loop().create_future()
         members = self._waiting.get(key)
@@ -124,7 +128,7 @@ class Batcher:
             task = asyncio.create_task(self._run(key))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        members.append((Want(name, size, room_to_grow), time.monotonic(), future))
+        members.append((Want(name, size, room_to_grow, adopt), time.monotonic(), future))
         return await future
 
     async def _run(self, key: tuple[str, str]) -> None:

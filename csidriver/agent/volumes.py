@@ -308,10 +308,12 @@ class VolumeReconciler:
             if fresh is None or fresh.state is not State.PENDING or fresh.deleting:
                 log.info("volume %s: already past Pending on the API server; the cache will catch up", vol.name)
                 return
-            # Idempotent: returns the existing partition and tells the kernel about it if a crash came first.
+            # Never handed out: adopted by the disk's next batch, which tells the kernel about it if a crash came
+            # first, and wipes it with the partitions it makes.
             disk = found[0]
-            part = await self._parts.create(disk.path, vol.pool, pname, vol.capacity)
-            guid = disk.guid
+            carved = await self._batcher.create(disk.path, vol.pool, pname, vol.capacity, adopt=True)
+            phases.lap("adopt")
+            part, wiped, guid = carved.partition, carved.wiped, disk.guid
         else:
             made = await self._carve(vol, raw, disks, pname)
             if made is None:

@@ -130,11 +130,14 @@ def roomy_fit(table: DiskTable, size: int) -> Extent:
 @dataclass(frozen=True)
 class Want:
     """One partition asked of a batch: its GPT name, its size in bytes (rounded up to 1 MiB), and its placement rule
-    (best fit, or with ``room_to_grow`` roomy fit)."""
+    (best fit, or with ``room_to_grow`` roomy fit). With ``adopt``, a partition of that name that exists already is
+    wiped too, as a new one is: the caller has proven it was never handed out (its volume is still Pending on the API
+    server), so a crash between writing it and reporting it Ready leaves nothing of its old bytes."""
 
     name: str
     size: int
     room_to_grow: bool = False
+    adopt: bool = False
 
 
 def plan(table: DiskTable, wants: Sequence[Want]) -> list[PartitionEntry | PartitionError | ValueError]:
@@ -186,8 +189,8 @@ class BatchTimes:
 
 @dataclass
 class Batch:
-    """What ``create_many`` made: one result per want, in order (the partition and whether this batch created and
-    wiped it, or why not), and its timings."""
+    """What ``create_many`` made: one result per want, in order (the partition and whether this batch wiped it: it
+    created it, or adopted it; or why not), and its timings."""
 
     results: list[tuple[Partition, bool] | Exception] = field(default_factory=list)
     times: BatchTimes = field(default_factory=BatchTimes)
@@ -247,6 +250,7 @@ class PartitionManager:
         roomy fit, exact), all new entries are appended by one sfdisk call and read back once, the kernel is told
         about each (BLKPG, one partition at a time), and each new partition is wiped before it is returned.
 
+        A partition of a wanted name that exists is returned as it is, not wiped, unless the want adopts it.
         A want that cannot be made (no room, a bad name or size) gets its error and does not fail the others; a
         failure of the disk itself (not the pool's, a table that cannot be read or written) fails them all (raised).
         Crash-safe: the table write is one atomic step (the GPT holds all of the batch or none of it), and every
@@ -271,7 +275,10 @@ class PartitionManager:
                 table = _require_pool(disk, pool, await self._read(disk))
             times.table = time.monotonic() - mark
             times.created = len(new)
-            fresh = {p.name for p in new}
+            # What this batch wipes: what it wrote, and what its caller adopts.
+            fresh = {p.name for p in new} | {
+                w.name for w, p in zip(wants, planned, strict=True) if w.adopt and isinstance(p, PartitionEntry)
+            }
             entries: list[PartitionEntry | Exception] = []
             for want, p in zip(wants, planned, strict=True):
                 if not isinstance(p, PartitionEntry):
@@ -340,8 +347,8 @@ class PartitionManager:
         return out
 
     async def _wipe_new(self, parts: Sequence[Partition]) -> dict[str, Exception]:
-        """Wipe partitions this batch created (one wipefs call for all of them, then their first and last MiB), under
-        the disk's lock. The failures by partition name; a partition in use is never wiped."""
+        """Wipe partitions this batch created or adopted (one wipefs call for all of them, then their first and last
+        MiB), under the disk's lock. The failures by partition name; a partition in use is never wiped."""
         by_node = await asyncio.to_thread(devices_users, [p.node for p in parts], self._sys_root, self._mountinfo)
         users = {p.name: by_node[p.node] for p in parts}
         failed: dict[str, Exception] = {

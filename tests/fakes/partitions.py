@@ -159,7 +159,9 @@ class FakePartitions:
                 continue
             found = self._slot(disk_path, want.name)
             assert found is not None
-            batch.results.append((self._partition(disk, found), want.name in made))
+            if want.adopt:
+                found.content = "wiped"
+            batch.results.append((self._partition(disk, found), want.name in made or want.adopt))
         return batch
 
     async def grow(self, disk_path: str, pool: str, name: str, size: int) -> Partition:

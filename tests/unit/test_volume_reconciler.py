@@ -111,7 +111,7 @@ async def test_crash_between_carving_and_ready_is_wiped_again() -> None:
         await w.rec.reconcile(name)
     w.parts.after_write = None
     assert w.slot(name).content == "blank" and w.obj(name).state is State.PENDING
-    w.parts.fail_next["wipe"] = RuntimeError("agent killed again, in the wipe of a partition found")
+    w.parts.fail_next["create_many"] = RuntimeError("agent killed again, in the batch adopting the partition found")
     with pytest.raises(RuntimeError):
         await w.rec.reconcile(name)
     assert w.slot(name).content == "blank" and w.obj(name).state is State.PENDING
