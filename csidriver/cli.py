@@ -44,7 +44,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("aiohttp").setLevel(logging.WARNING)
     asyncio.run(_run(settings))
     return 0
 

@@ -1,13 +1,26 @@
-"""API client construction: kubeconfig or in-cluster, a client-side write rate limit, and request counting."""
+"""The Kubernetes REST API as the driver uses it: JSON objects by path, lists with selectors and pages, watches as
+event streams; every request counted by verb, writes rate-limited. Built from a kubeconfig or in-cluster."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import quote, urlencode
 
-from kubernetes_asyncio import client, config
+from csidriver.kube import http
+from csidriver.kube.http import ApiError
+
+Obj = dict[str, Any]
+MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+WRITES = ("create", "update", "patch", "delete")
+
+__all__ = ["JSON_PATCH", "MERGE_PATCH", "ApiClient", "ApiError", "TokenBucket", "make_api_client", "path", "verb_of"]
 
 
 class TokenBucket:
@@ -32,35 +45,120 @@ class TokenBucket:
                 await asyncio.sleep((1 - self._tokens) / self._qps)
 
 
-def verb_of(method: str, query: Any) -> str:
-    params = dict(query or ())
+def verb_of(method: str, query: Mapping[str, Any] | None) -> str:
     if method == "GET":
-        return "watch" if params.get("watch") else "get_or_list"
+        return "watch" if (query or {}).get("watch") else "get_or_list"
     return {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method, method.lower())
 
 
-class CountingApiClient(client.ApiClient):
-    """Counts every request by verb and rate-limits the ones that write."""
+def path(group: str, version: str, plural: str, namespace: str | None = None, name: str | None = None) -> str:
+    """/api/v1/... for the core group (""), /apis/<group>/<version>/... for the others."""
+    parts = ["/api/v1" if not group else f"/apis/{group}/{version}"]
+    if namespace:
+        parts.append(f"namespaces/{quote(namespace, safe='')}")
+    parts.append(plural)
+    if name:
+        parts.append(quote(name, safe=""))
+    return "/".join(parts)
 
-    def __init__(self, configuration: client.Configuration, qps: float, burst: int) -> None:
-        super().__init__(configuration)
+
+def _query(params: Mapping[str, Any] | None) -> str:
+    if not params:
+        return ""
+    flat = {k: ("true" if v is True else "false" if v is False else str(v)) for k, v in params.items() if v is not None}
+    return "?" + urlencode(flat) if flat else ""
+
+
+class ApiClient:
+    """One API server. `requests` counts calls by verb (get_or_list, watch, create, update, patch, delete)."""
+
+    def __init__(self, transport: http.Transport, qps: float, burst: int) -> None:
+        self.transport = transport
         self.requests: Counter[str] = Counter()
         self._writes = TokenBucket(qps, burst)
 
-    async def request(  # type: ignore[override]
-        self, method: str, url: str, query_params: Any = None, **kwargs: Any
+    async def call(
+        self,
+        method: str,
+        target: str,
+        body: Any = None,
+        *,
+        params: Mapping[str, Any] | None = None,
+        content_type: str = "application/json",
     ) -> Any:
-        verb = verb_of(method, query_params)
-        if verb in ("create", "update", "patch", "delete"):
+        """The answer's JSON; ApiError for any status but 2xx."""
+        verb = verb_of(method, params)
+        if verb in WRITES:
             await self._writes.take()
         self.requests[verb] += 1
-        return await super().request(method, url, query_params=query_params, **kwargs)
+        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        headers = {"Content-Type": content_type} if data is not None else {}
+        resp = await self.transport.request(method, target + _query(params), data, headers)
+        if not 200 <= resp.status < 300:
+            raise ApiError.from_body(resp.status, resp.reason, resp.body)
+        return json.loads(resp.body) if resp.body else None
+
+    async def get(self, target: str, **params: Any) -> Obj:
+        got: Obj = await self.call("GET", target, params=params)
+        return got
+
+    async def create(self, target: str, body: Mapping[str, Any]) -> Obj:
+        got: Obj = await self.call("POST", target, body)
+        return got
+
+    async def replace(self, target: str, body: Mapping[str, Any]) -> Obj:
+        got: Obj = await self.call("PUT", target, body)
+        return got
+
+    async def patch(self, target: str, body: Any, content_type: str = MERGE_PATCH) -> Obj:
+        got: Obj = await self.call("PATCH", target, body, content_type=content_type)
+        return got
+
+    async def delete(self, target: str, body: Mapping[str, Any] | None = None) -> Any:
+        return await self.call("DELETE", target, body)
+
+    async def list_all(self, target: str, page: int = 500, **params: Any) -> Obj:
+        """Every object, page by page (limit + continue): one list with all the items and the last page's
+        metadata."""
+        items: list[Obj] = []
+        cont: str | None = None
+        while True:
+            got = await self.get(target, limit=page, **{"continue": cont}, **params)
+            items.extend(got.get("items") or ())
+            cont = (got.get("metadata") or {}).get("continue")
+            if not cont:
+                got["items"] = items
+                return got
+
+    @asynccontextmanager
+    async def watch(self, target: str, **params: Any) -> AsyncIterator[AsyncIterator[Obj]]:
+        """A watch of `target` (a collection) with `params` (resourceVersion, labelSelector, fieldSelector,
+        allowWatchBookmarks, timeoutSeconds): its events as they arrive. An ERROR event raises its Status as an
+        ApiError (410 Gone: the version is too old, relist)."""
+        query = {**params, "watch": True}
+        self.requests["watch"] += 1
+        async with self.transport.stream("GET", target + _query(query)) as lines:
+            yield _events(lines)
+
+    async def close(self) -> None:
+        await self.transport.close()
 
 
-async def make_api_client(kubeconfig: str | None, qps: float, burst: int) -> CountingApiClient:
-    cfg = client.Configuration()
-    if kubeconfig:
-        await config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
-    else:
-        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-    return CountingApiClient(cfg, qps, burst)
+async def _events(lines: AsyncIterator[bytes]) -> AsyncIterator[Obj]:
+    async for line in lines:
+        event: Obj = json.loads(line)
+        if event.get("type") == "ERROR":
+            status = event.get("object") or {}
+            raise ApiError(
+                int(status.get("code") or 500),
+                str(status.get("reason") or ""),
+                str(status.get("message") or ""),
+                status,
+            )
+        yield event
+
+
+async def make_api_client(kubeconfig: str | None, qps: float, burst: int) -> ApiClient:
+    """From a kubeconfig when given, else in-cluster (the Pod's ServiceAccount)."""
+    endpoint, creds = http.from_kubeconfig(kubeconfig) if kubeconfig else http.in_cluster()
+    return ApiClient(http.Transport(endpoint, creds), qps, burst)

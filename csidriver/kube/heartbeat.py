@@ -14,11 +14,10 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from kubernetes_asyncio import client
-from kubernetes_asyncio.client.exceptions import ApiException
-
 from csidriver.api import constants as c
 from csidriver.api import naming
+from csidriver.kube.client import ApiClient, ApiError
+from csidriver.kube.lease import Leases
 
 log = logging.getLogger(__name__)
 # A Lease outlives this many missed renewals before its agent counts as gone (kubelet's node Lease: 10 s / 40 s).
@@ -32,13 +31,13 @@ def _now() -> str:
 class Heartbeat:
     def __init__(
         self,
-        api: client.ApiClient,
+        api: ApiClient,
         namespace: str,
         node: str,
         period: float,
         owner: Mapping[str, Any] | None = None,
     ) -> None:
-        self._api: Any = client.CoordinationV1Api(api)
+        self._api = Leases(api, namespace)
         self._ns = namespace
         self._node = node
         self._period = period
@@ -55,11 +54,9 @@ class Heartbeat:
 
     async def beat(self) -> None:
         try:
-            await self._api.patch_namespaced_lease(
-                self.name, self._ns, {"spec": self._spec()}, _content_type="application/merge-patch+json"
-            )
+            await self._api.patch(self.name, {"spec": self._spec()})
             return
-        except ApiException as e:
+        except ApiError as e:
             if e.status != 404:
                 raise
         meta: dict[str, Any] = {"name": self.name, "namespace": self._ns, "labels": {c.HEARTBEAT_LABEL: "true"}}
@@ -67,8 +64,8 @@ class Heartbeat:
             meta["ownerReferences"] = [dict(self._owner)]
         spec = {**self._spec(), "acquireTime": _now()}
         try:
-            await self._api.create_namespaced_lease(self._ns, {"metadata": meta, "spec": spec})
-        except ApiException as e:
+            await self._api.create({"metadata": meta, "spec": spec})
+        except ApiError as e:
             if e.status != 409:  # created meanwhile by a previous instance of this agent: the next beat patches it
                 raise
         log.info("heartbeat Lease %s/%s created", self._ns, self.name)

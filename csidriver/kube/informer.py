@@ -10,15 +10,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
 
-from kubernetes_asyncio import watch
-from kubernetes_asyncio.client.exceptions import ApiException
+from csidriver.kube.http import ApiError
 
 Obj = Mapping[str, Any]
 Handler = Callable[[str, Obj | None, Obj | None], None]  # (name, old, new); new None = deleted
-Lister = Callable[..., Awaitable[Any]]
+
+
+class Source(Protocol):
+    """What the Informer needs of the API client (csidriver.kube.client.ApiClient)."""
+
+    async def get(self, target: str, **params: Any) -> dict[str, Any]: ...
+
+    def watch(self, target: str, **params: Any) -> AbstractAsyncContextManager[AsyncIterator[dict[str, Any]]]: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +38,8 @@ def _name(obj: Obj) -> str:
 class Informer:
     def __init__(
         self,
-        lister: Lister,
+        api: Source,
+        target: str,
         *,
         what: str,
         label_selector: str | None = None,
@@ -38,13 +47,14 @@ class Informer:
         page_size: int = 500,
         watch_seconds: int = 600,
     ) -> None:
-        self._lister = lister
+        self._api = api
+        self._target = target  # the collection's path
         self._what = what
         self._selectors: dict[str, str] = {}
         if label_selector:
-            self._selectors["label_selector"] = label_selector
+            self._selectors["labelSelector"] = label_selector
         if field_selector:
-            self._selectors["field_selector"] = field_selector
+            self._selectors["fieldSelector"] = field_selector
         self._page = page_size
         self._watch_seconds = watch_seconds
         self._handlers: list[Handler] = []
@@ -67,12 +77,12 @@ class Informer:
         cont: str | None = None
         rv = ""
         while True:
-            kwargs: dict[str, Any] = dict(self._selectors, limit=self._page)
+            params: dict[str, Any] = dict(self._selectors, limit=self._page)
             if cont:
-                kwargs["_continue"] = cont
+                params["continue"] = cont
             else:
-                kwargs["resource_version"] = "0"
-            page = await self._lister(**kwargs)
+                params["resourceVersion"] = "0"
+            page = await self._api.get(self._target, **params)
             for obj in page.get("items") or ():
                 fresh[_name(obj)] = obj
             meta = page.get("metadata") or {}
@@ -105,18 +115,20 @@ class Informer:
         """Watch from `rv`; `self._resume` follows every event and bookmark delivered, so a watch that breaks is
         resumed from the last one, not from where it started (which would deliver its events twice, or expire)."""
         self._resume = rv
-        w = watch.Watch()
-        async with w.stream(
-            self._lister,
-            resource_version=rv,
-            allow_watch_bookmarks=True,
-            timeout_seconds=self._watch_seconds + random.randint(0, self._watch_seconds // 5),
-            _request_timeout=self._watch_seconds * 2,
-            **self._selectors,
-        ) as stream:
+        timeout = self._watch_seconds + random.randint(0, self._watch_seconds // 5)
+        async with (
+            asyncio.timeout(self._watch_seconds * 2),
+            self._api.watch(
+                self._target,
+                resourceVersion=rv,
+                allowWatchBookmarks=True,
+                timeoutSeconds=timeout,
+                **self._selectors,
+            ) as stream,
+        ):
             async for event in stream:
                 kind = event["type"]
-                obj = event["raw_object"] if "raw_object" in event else event["object"]
+                obj = event["object"]
                 rv = obj.get("metadata", {}).get("resourceVersion", rv)
                 if kind in ("ADDED", "MODIFIED", "DELETED"):
                     self._apply(kind, obj)
@@ -136,7 +148,7 @@ class Informer:
                 backoff = 0.2
             except asyncio.CancelledError:
                 raise
-            except ApiException as e:
+            except ApiError as e:
                 if e.status == 410:
                     log.info("informer %s: resource version expired, relisting", self._what)
                     rv = None

@@ -15,29 +15,55 @@ import asyncio
 import datetime
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
-from kubernetes_asyncio import client
-from kubernetes_asyncio.client.exceptions import ApiException
+from csidriver.kube.client import MERGE_PATCH, ApiClient, ApiError, path
 
 log = logging.getLogger(__name__)
+Obj = dict[str, Any]
 
 
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
+def micro_time(t: datetime.datetime | None = None) -> str:
+    """A MicroTime, as Lease times are written."""
+    return (t or datetime.datetime.now(datetime.UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Leases:
+    """The coordination.k8s.io/v1 Leases of one namespace."""
+
+    def __init__(self, api: ApiClient, namespace: str) -> None:
+        self._api = api
+        self._ns = namespace
+
+    def _path(self, name: str | None = None) -> str:
+        return path("coordination.k8s.io", "v1", "leases", self._ns, name)
+
+    async def read(self, name: str) -> Obj:
+        return await self._api.get(self._path(name))
+
+    async def create(self, body: Mapping[str, Any]) -> Obj:
+        return await self._api.create(self._path(), body)
+
+    async def replace(self, name: str, body: Mapping[str, Any]) -> Obj:
+        """Guarded by the body's metadata.resourceVersion: a 409 ApiError when the Lease changed since."""
+        return await self._api.replace(self._path(name), body)
+
+    async def patch(self, name: str, patch: Mapping[str, Any]) -> Obj:
+        return await self._api.patch(self._path(name), patch, MERGE_PATCH)
 
 
 class LeaseElector:
     def __init__(
         self,
-        api: client.ApiClient,
+        api: ApiClient,
         namespace: str,
         name: str,
         identity: str,
         duration: float = 15.0,
         writer: bool = True,
     ) -> None:
-        self._api: Any = client.CoordinationV1Api(api)
+        self._api = Leases(api, namespace)
         # writer=False: follow a Lease another process of our Pod writes (csi-provisioner): lead exactly while it
         # holds it under our identity and keeps renewing it; never write it, so a Pod whose sidecar died or
         # stopped leading loses the lead with it instead of keeping the Lease alive.
@@ -67,36 +93,39 @@ class LeaseElector:
                     log.warning("lease %s: %s", self._name, e)
         return self.is_leader()
 
-    def _body(self, transitions: int, acquired: datetime.datetime | None) -> Any:
-        now = _now()
-        return client.V1Lease(
-            metadata=client.V1ObjectMeta(name=self._name, namespace=self._ns),
-            spec=client.V1LeaseSpec(
-                holder_identity=self.identity,
-                lease_duration_seconds=int(self._duration),
-                acquire_time=acquired or now,
-                renew_time=now,
-                lease_transitions=transitions,
-            ),
-        )
+    def _body(self, transitions: int, acquired: str | None) -> Obj:
+        now = micro_time()
+        return {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": self._name, "namespace": self._ns},
+            "spec": {
+                "holderIdentity": self.identity,
+                "leaseDurationSeconds": int(self._duration),
+                "acquireTime": acquired or now,
+                "renewTime": now,
+                "leaseTransitions": transitions,
+            },
+        }
 
     async def _attempt(self) -> None:
         try:
-            lease = await self._api.read_namespaced_lease(self._name, self._ns)
-        except ApiException as e:
+            lease = await self._api.read(self._name)
+        except ApiError as e:
             if e.status != 404:
                 raise
             if not self._writer:
                 return  # nobody leads yet
-            await self._api.create_namespaced_lease(self._ns, self._body(0, None))
+            await self._api.create(self._body(0, None))
             self._won()
             return
-        spec = lease.spec
-        mine = spec.holder_identity == self.identity
-        stamp = f"{spec.holder_identity}/{spec.renew_time}"
+        spec = lease.get("spec") or {}
+        holder = spec.get("holderIdentity")
+        mine = holder == self.identity
+        stamp = f"{holder}/{spec.get('renewTime')}"
         if stamp != self._seen[0]:
             self._seen = (stamp, time.monotonic())
-        expired = time.monotonic() - self._seen[1] > (spec.lease_duration_seconds or self._duration)
+        expired = time.monotonic() - self._seen[1] > (spec.get("leaseDurationSeconds") or self._duration)
         if not self._writer:
             if mine and not expired:
                 # Renewed by our Pod at the latest when we first saw this renewal.
@@ -106,21 +135,21 @@ class LeaseElector:
                 # once rather than when its last renewal seen grows old.
                 self._renewed_at = 0.0
             return
-        if not (mine or not spec.holder_identity or expired):
+        if not (mine or not holder or expired):
             self._renewed_at = 0.0  # another identity holds it, unexpired: not ours (any more)
             return
-        transitions = (spec.lease_transitions or 0) + (0 if mine else 1)
-        body = self._body(transitions, spec.acquire_time if mine else None)
-        body.metadata.resource_version = lease.metadata.resource_version
+        transitions = (spec.get("leaseTransitions") or 0) + (0 if mine else 1)
+        body = self._body(transitions, spec.get("acquireTime") if mine else None)
+        body["metadata"]["resourceVersion"] = lease["metadata"]["resourceVersion"]
         try:
-            await self._api.replace_namespaced_lease(self._name, self._ns, body)
-        except ApiException as e:
+            await self._api.replace(self._name, body)
+        except ApiError as e:
             if e.status != 409:
                 raise
             # Someone wrote first. When it was a writer with our identity (csi-provisioner in our Pod shares this
             # Lease and identity), our Pod still holds it: that renewal is ours too.
-            again = await self._api.read_namespaced_lease(self._name, self._ns)
-            if mine and again.spec.holder_identity == self.identity:
+            again = await self._api.read(self._name)
+            if mine and (again.get("spec") or {}).get("holderIdentity") == self.identity:
                 self._won()
             return
         if not mine:
@@ -138,10 +167,10 @@ class LeaseElector:
         if not self._writer:
             return  # the sidecar hands it over itself
         try:
-            lease = await self._api.read_namespaced_lease(self._name, self._ns)
-            if lease.spec.holder_identity == self.identity:
-                lease.spec.holder_identity = None
-                await self._api.replace_namespaced_lease(self._name, self._ns, lease)
+            lease = await self._api.read(self._name)
+            if (lease.get("spec") or {}).get("holderIdentity") == self.identity:
+                lease["spec"]["holderIdentity"] = None
+                await self._api.replace(self._name, lease)
         except Exception as e:
             log.warning("could not release lease %s: %s", self._name, e)
 

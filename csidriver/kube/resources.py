@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from kubernetes_asyncio import client
-from kubernetes_asyncio.client.exceptions import ApiException
-
 from csidriver.api import constants as c
+from csidriver.kube.client import JSON_PATCH, MERGE_PATCH, ApiClient, ApiError, path
 from csidriver.kube.informer import Informer
 
 log = logging.getLogger(__name__)
@@ -31,15 +28,16 @@ class Gone(Exception):
     """The object does not exist (404)."""
 
 
-def _translate(e: ApiException) -> Exception:
+def _translate(e: ApiError) -> Exception:
     if e.status == 409:
-        return Conflict(str(e.reason))
+        return Conflict(str(e))
     if e.status == 404:
-        return Gone(str(e.reason))
+        return Gone(str(e))
     return e
 
 
-_MERGE_PATCH = "application/merge-patch+json"
+_MERGE_PATCH = MERGE_PATCH
+_JSON_PATCH = JSON_PATCH
 EVENT_AGGREGATION_SECONDS = 600.0
 
 
@@ -71,65 +69,64 @@ class _Bounded(Generic[K, V]):
         self._items.pop(key, None)
 
 
-_JSON_PATCH = "application/json-patch+json"
+def _core(plural: str, namespace: str | None = None, name: str | None = None) -> str:
+    return path("", "v1", plural, namespace, name)
 
 
 class Kube:
     """One namespace's driver objects, plus the few core objects the driver reads or writes."""
 
-    def __init__(self, api: client.ApiClient, namespace: str, component: str, version: str = c.VERSION) -> None:
+    def __init__(self, api: ApiClient, namespace: str, component: str, version: str = c.VERSION) -> None:
         """`version`: the API version of our objects to use (the original's v1alpha1 only to read a cluster
         whose CRDs are not upgraded yet)."""
         self.api = api
         self.namespace = namespace
         self.version = version
         self._component = component
-        self._custom: Any = client.CustomObjectsApi(api)
-        self._core: Any = client.CoreV1Api(api)
-        self._coord: Any = client.CoordinationV1Api(api)
         self._events: _Bounded[tuple[str, ...], _Recorded] = _Bounded(4096)
 
-    def _list_volumes(self, **kw: Any) -> Any:
-        return self._custom.list_namespaced_custom_object(c.GROUP, self.version, self.namespace, c.VOLUME_PLURAL, **kw)
-
-    def _list_nodes(self, **kw: Any) -> Any:
-        return self._custom.list_namespaced_custom_object(c.GROUP, self.version, self.namespace, c.NODE_PLURAL, **kw)
-
-    async def _list_heartbeats(self, **kw: Any) -> Any:
-        if "_preload_content" in kw:  # a watch: the stream reads the response itself
-            return await self._coord.list_namespaced_lease(self.namespace, **kw)
-        resp = await self._coord.list_namespaced_lease(self.namespace, _preload_content=False, **kw)
-        return json.loads(await resp.read())
+    def _ours(self, plural: str, name: str | None = None, version: str = "") -> str:
+        return path(c.GROUP, version or self.version, plural, self.namespace, name)
 
     def heartbeat_informer(self) -> Informer:
         """The agents' heartbeat Leases of the namespace (server-side filtered by their label)."""
-        return Informer(self._list_heartbeats, what="heartbeats", label_selector=c.HEARTBEAT_LABEL)
+        leases = path("coordination.k8s.io", "v1", "leases", self.namespace)
+        return Informer(self.api, leases, what="heartbeats", label_selector=c.HEARTBEAT_LABEL)
 
     def volume_informer(self, node: str | None = None) -> Informer:
         """All volumes of the namespace, or (server-side filtered) only those owned by `node`. The filter is the
         CRD's selectable field spec.ownerNodeID, not the node label, which objects the original's controller
         created lack."""
         selector = f"spec.ownerNodeID={node}" if node else None
-        return Informer(self._list_volumes, what="devicevolumes", field_selector=selector)
+        return Informer(self.api, self._ours(c.VOLUME_PLURAL), what="devicevolumes", field_selector=selector)
 
     def node_informer(self, name: str | None = None) -> Informer:
         """All DeviceNodes, or (server-side filtered) only the one called `name`."""
-        return Informer(self._list_nodes, what="devicenodes", field_selector=f"metadata.name={name}" if name else None)
+        selector = f"metadata.name={name}" if name else None
+        return Informer(self.api, self._ours(c.NODE_PLURAL), what="devicenodes", field_selector=selector)
 
     async def _call(
-        self, method: str, plural: str, *args: Any, absent_ok: bool = False, version: str = "", **kw: Any
+        self,
+        method: str,
+        plural: str,
+        name: str | None = None,
+        body: Any = None,
+        *,
+        absent_ok: bool = False,
+        version: str = "",
+        status: bool = False,
+        content_type: str = "application/json",
     ) -> Any:
-        """One call on a namespaced object of ours. With `absent_ok`, a 404 returns None; a failed JSON-patch
-        `test` (422) is a Conflict; 409/404 become Conflict/Gone."""
+        """One call on a namespaced object of ours (its status subresource with `status`). With `absent_ok`, a
+        404 returns None; a failed JSON-patch `test` (422) is a Conflict; 409/404 become Conflict/Gone."""
+        target = self._ours(plural, name, version) + ("/status" if status else "")
         try:
-            return await getattr(self._custom, method)(
-                c.GROUP, version or self.version, self.namespace, plural, *args, **kw
-            )
-        except ApiException as e:
+            return await self.api.call(method, target, body, content_type=content_type)
+        except ApiError as e:
             if e.status == 404 and absent_ok:
                 return None
-            if e.status == 422 and kw.get("_content_type") == _JSON_PATCH:
-                raise Conflict(str(e.reason)) from e
+            if e.status == 422 and content_type == _JSON_PATCH:
+                raise Conflict(str(e)) from e
             err = _translate(e)
             if err is e:
                 raise
@@ -137,7 +134,7 @@ class Kube:
 
     # -- DeviceVolume -------------------------------------------------------------------------------------
     async def get_volume(self, name: str) -> Obj | None:
-        got: Obj | None = await self._call("get_namespaced_custom_object", c.VOLUME_PLURAL, name, absent_ok=True)
+        got: Obj | None = await self._call("GET", c.VOLUME_PLURAL, name, absent_ok=True)
         return got
 
     async def create_volume(self, body: Mapping[str, Any]) -> Obj:
@@ -145,19 +142,15 @@ class Kube:
         `status.state: Pending` from its first write, which the original's agents require to carve it (during a
         rolling upgrade, or after a rollback). Through v1alpha2 the API server would drop that status."""
         body = {**body, "apiVersion": f"{c.GROUP}/{c.ORIGINAL_VERSION}"}
-        obj: Obj = await self._call(
-            "create_namespaced_custom_object", c.VOLUME_PLURAL, body, version=c.ORIGINAL_VERSION
-        )
+        obj: Obj = await self._call("POST", c.VOLUME_PLURAL, body=body, version=c.ORIGINAL_VERSION)
         return obj
 
     async def delete_volume(self, name: str, resource_version: str = "") -> bool:
         """Deleting an absent volume succeeds. With `resource_version`, only that version of it is deleted: False
         when the object changed since."""
-        kw: dict[str, Any] = {}
-        if resource_version:
-            kw["body"] = {"preconditions": {"resourceVersion": resource_version}}
+        body = {"preconditions": {"resourceVersion": resource_version}} if resource_version else None
         try:
-            await self._call("delete_namespaced_custom_object", c.VOLUME_PLURAL, name, absent_ok=True, **kw)
+            await self._call("DELETE", c.VOLUME_PLURAL, name, body, absent_ok=True)
         except Conflict:
             if not resource_version:
                 raise
@@ -165,26 +158,18 @@ class Kube:
         return True
 
     async def patch_volume(self, name: str, patch: Mapping[str, Any]) -> Obj:
-        obj: Obj = await self._call(
-            "patch_namespaced_custom_object", c.VOLUME_PLURAL, name, patch, _content_type=_MERGE_PATCH
-        )
+        obj: Obj = await self._call("PATCH", c.VOLUME_PLURAL, name, patch, content_type=_MERGE_PATCH)
         return obj
 
     async def patch_volume_status(self, name: str, status: Mapping[str, Any]) -> Obj:
         obj: Obj = await self._call(
-            "patch_namespaced_custom_object_status",
-            c.VOLUME_PLURAL,
-            name,
-            {"status": status},
-            _content_type=_MERGE_PATCH,
+            "PATCH", c.VOLUME_PLURAL, name, {"status": status}, status=True, content_type=_MERGE_PATCH
         )
         return obj
 
     async def _json_patch(self, name: str, ops: list[dict[str, Any]], plural: str = c.VOLUME_PLURAL) -> Obj:
         version = c.VERSION if plural == c.SNAPSHOT_PLURAL else ""  # a kind served only in our version
-        obj: Obj = await self._call(
-            "patch_namespaced_custom_object", plural, name, ops, _content_type=_JSON_PATCH, version=version
-        )
+        obj: Obj = await self._call("PATCH", plural, name, ops, content_type=_JSON_PATCH, version=version)
         return obj
 
     async def add_finalizer(
@@ -208,7 +193,7 @@ class Kube:
         else:
             if not resource_version:
                 version = c.VERSION if plural == c.SNAPSHOT_PLURAL else ""
-                current: Obj = await self._call("get_namespaced_custom_object", plural, name, version=version)
+                current: Obj = await self._call("GET", plural, name, version=version)
                 if current["metadata"].get("finalizers"):
                     raise Conflict(f"{name}: finalizers changed")
                 resource_version = str(current["metadata"]["resourceVersion"])
@@ -231,39 +216,36 @@ class Kube:
 
     async def list_volumes(self) -> list[Obj]:
         """All DeviceVolumes (for operators' commands, never a hot path)."""
-        page = await self._list_volumes()
+        page = await self.api.list_all(self._ours(c.VOLUME_PLURAL))
         return list(page.get("items") or [])
 
     # -- DeviceSnapshot -----------------------------------------------------------------------------------
-    def _list_snapshots(self, **kw: Any) -> Any:
-        return self._custom.list_namespaced_custom_object(c.GROUP, c.VERSION, self.namespace, c.SNAPSHOT_PLURAL, **kw)
-
     def snapshot_informer(self, node: str | None = None) -> Informer:
         """All snapshots of the namespace, or (server-side filtered) only those on `node`."""
         selector = f"spec.ownerNodeID={node}" if node else None
-        return Informer(self._list_snapshots, what="devicesnapshots", field_selector=selector)
+        snapshots = self._ours(c.SNAPSHOT_PLURAL, version=c.VERSION)
+        return Informer(self.api, snapshots, what="devicesnapshots", field_selector=selector)
 
     async def get_snapshot(self, name: str) -> Obj | None:
-        got: Obj | None = await self._call(
-            "get_namespaced_custom_object", c.SNAPSHOT_PLURAL, name, absent_ok=True, version=c.VERSION
-        )
+        got: Obj | None = await self._call("GET", c.SNAPSHOT_PLURAL, name, absent_ok=True, version=c.VERSION)
         return got
 
     async def create_snapshot(self, body: Mapping[str, Any]) -> Obj:
-        obj: Obj = await self._call("create_namespaced_custom_object", c.SNAPSHOT_PLURAL, body, version=c.VERSION)
+        obj: Obj = await self._call("POST", c.SNAPSHOT_PLURAL, body=body, version=c.VERSION)
         return obj
 
     async def delete_snapshot(self, name: str) -> None:
         """Deleting an absent snapshot succeeds."""
-        await self._call("delete_namespaced_custom_object", c.SNAPSHOT_PLURAL, name, absent_ok=True, version=c.VERSION)
+        await self._call("DELETE", c.SNAPSHOT_PLURAL, name, absent_ok=True, version=c.VERSION)
 
     async def patch_snapshot_status(self, name: str, status: Mapping[str, Any]) -> Obj:
         obj: Obj = await self._call(
-            "patch_namespaced_custom_object_status",
+            "PATCH",
             c.SNAPSHOT_PLURAL,
             name,
             {"status": status},
-            _content_type=_MERGE_PATCH,
+            status=True,
+            content_type=_MERGE_PATCH,
             version=c.VERSION,
         )
         return obj
@@ -271,8 +253,8 @@ class Kube:
     async def list_snapshots(self) -> list[Obj]:
         """All DeviceSnapshots (for operators' commands, never a hot path); none when the CRD is not installed."""
         try:
-            page = await self._list_snapshots()
-        except ApiException as e:
+            page = await self.api.list_all(self._ours(c.SNAPSHOT_PLURAL, version=c.VERSION))
+        except ApiError as e:
             if e.status == 404:
                 return []
             raise
@@ -280,75 +262,71 @@ class Kube:
 
     # -- DeviceNode ---------------------------------------------------------------------------------------
     async def get_device_node(self, name: str) -> Obj | None:
-        got: Obj | None = await self._call("get_namespaced_custom_object", c.NODE_PLURAL, name, absent_ok=True)
+        got: Obj | None = await self._call("GET", c.NODE_PLURAL, name, absent_ok=True)
         return got
 
     async def create_device_node(self, body: Mapping[str, Any]) -> Obj:
-        obj: Obj = await self._call("create_namespaced_custom_object", c.NODE_PLURAL, body)
+        obj: Obj = await self._call("POST", c.NODE_PLURAL, body=body)
         return obj
 
     async def replace_device_node(self, name: str, body: Mapping[str, Any]) -> Obj:
-        obj: Obj = await self._call("replace_namespaced_custom_object", c.NODE_PLURAL, name, body)
+        obj: Obj = await self._call("PUT", c.NODE_PLURAL, name, body)
         return obj
 
     async def patch_device_node(self, name: str, patch: Mapping[str, Any]) -> Obj:
-        obj: Obj = await self._call(
-            "patch_namespaced_custom_object", c.NODE_PLURAL, name, patch, _content_type=_MERGE_PATCH
-        )
+        obj: Obj = await self._call("PATCH", c.NODE_PLURAL, name, patch, content_type=_MERGE_PATCH)
         return obj
 
     async def delete_device_node(self, name: str) -> None:
-        await self._call("delete_namespaced_custom_object", c.NODE_PLURAL, name, absent_ok=True)
+        await self._call("DELETE", c.NODE_PLURAL, name, absent_ok=True)
 
     async def list_device_nodes(self) -> list[Obj]:
-        page = await self._list_nodes()
+        page = await self.api.list_all(self._ours(c.NODE_PLURAL))
         return list(page.get("items") or [])
 
     async def list_pvs(self) -> list[Obj]:
-        pvs = await self._core.list_persistent_volume()
-        out: list[Obj] = self.api.sanitize_for_serialization(pvs).get("items") or []
-        return out
+        return list((await self.api.list_all(_core("persistentvolumes"))).get("items") or [])
 
     # -- core: persistent volumes and their consumers (operators' commands) -------------------------------
-    async def _read(self, call: Awaitable[Any]) -> Obj | None:
+    async def _read(
+        self, method: str, target: str, body: Any = None, content_type: str = "application/json"
+    ) -> Obj | None:
         """A call on a core or cluster-scoped object, its answer as a dict; None when the object does not exist (so
         patching or deleting an absent object is a no-op)."""
         try:
-            got = await call
-        except ApiException as e:
+            got: Obj = await self.api.call(method, target, body, content_type=content_type)
+        except ApiError as e:
             if e.status == 404:
                 return None
             raise
-        out: Obj = self.api.sanitize_for_serialization(got)
-        return out
+        return got
 
     async def get_pv(self, name: str) -> Obj | None:
-        return await self._read(self._core.read_persistent_volume(name))
+        return await self._read("GET", _core("persistentvolumes", None, name))
 
     async def patch_pv(self, name: str, patch: Mapping[str, Any]) -> None:
         """Patching an absent PV is a no-op (it may have just finished deleting)."""
-        await self._read(self._core.patch_persistent_volume(name, patch, _content_type=_MERGE_PATCH))
+        await self._read("PATCH", _core("persistentvolumes", None, name), patch, _MERGE_PATCH)
 
     async def delete_pv(self, name: str) -> None:
-        await self._read(self._core.delete_persistent_volume(name))
+        await self._read("DELETE", _core("persistentvolumes", None, name))
 
     async def create_pv(self, body: Mapping[str, Any]) -> None:
         try:
-            await self._core.create_persistent_volume(body)
-        except ApiException as e:
+            await self.api.create(_core("persistentvolumes"), body)
+        except ApiError as e:
             raise _translate(e) from e
 
     # -- cluster-wide reads for `upgrade-check` ----------------------------------------------------------------
     async def get_crd(self, name: str) -> Obj | None:
-        return await self._read(client.ApiextensionsV1Api(self.api).read_custom_resource_definition(name))
+        return await self._read("GET", path("apiextensions.k8s.io", "v1", "customresourcedefinitions", None, name))
 
     async def list_storage_classes(self) -> list[Obj]:
-        classes = await client.StorageV1Api(self.api).list_storage_class()
-        out: list[Obj] = self.api.sanitize_for_serialization(classes).get("items") or []
-        return out
+        classes = await self.api.list_all(path("storage.k8s.io", "v1", "storageclasses"))
+        return list(classes.get("items") or [])
 
     async def pods_using_claim(self, namespace: str, claim: str) -> list[str]:
-        pods = self.api.sanitize_for_serialization(await self._core.list_namespaced_pod(namespace))
+        pods = await self.api.list_all(_core("pods", namespace))
         return [
             p["metadata"]["name"]
             for p in pods.get("items") or []
@@ -358,11 +336,11 @@ class Kube:
         ]
 
     async def delete_pod(self, namespace: str, name: str) -> None:
-        await self._read(self._core.delete_namespaced_pod(name, namespace))
+        await self._read("DELETE", _core("pods", namespace, name))
 
     # -- core ---------------------------------------------------------------------------------------------
     async def get_node(self, name: str) -> Obj | None:
-        return await self._read(self._core.read_node(name))
+        return await self._read("GET", _core("nodes", None, name))
 
     async def record_event(self, obj: Mapping[str, Any], kind: str, event_type: str, reason: str, message: str) -> None:
         """Best effort: an Event that cannot be written is logged, never fatal.
@@ -396,8 +374,8 @@ class Kube:
                 "count": 1,
                 "reportingComponent": self._component,
             }
-            made = await self._core.create_namespaced_event(namespace, body)
-            self._events.put(key, _Recorded(made.metadata.name, namespace, 1, time.monotonic()))
+            made = await self.api.create(_core("events", namespace), body)
+            self._events.put(key, _Recorded(made["metadata"]["name"], namespace, 1, time.monotonic()))
         except Exception as e:
             log.warning("could not record event %s on %s: %s", reason, meta.get("name"), e)
 
@@ -407,8 +385,8 @@ class Kube:
             return False
         patch = {"count": seen.count + 1, "lastTimestamp": now.isoformat()}
         try:
-            await self._core.patch_namespaced_event(seen.name, seen.namespace, patch, _content_type=_MERGE_PATCH)
-        except ApiException as e:
+            await self.api.patch(_core("events", seen.namespace, seen.name), patch, _MERGE_PATCH)
+        except ApiError as e:
             if e.status != 404:  # the Event expired (the API server keeps Events for an hour): write a new one
                 raise
             self._events.pop(key)

@@ -1,9 +1,9 @@
 """Informer: paginated list, watch from that version, bookmarks, relist on 410 Gone, reconnect without relisting.
 
-The lister is an in-memory API server answering the calls the Informer makes, the list calls directly and the watch
-calls through kubernetes_asyncio's own Watch (which calls the lister with watch=True and reads the response line by
-line), so the real event decoding and 410 handling are in the loop. The test scripts what each call returns; a call
-with nothing scripted waits, which is how a test knows the Informer has caught up.
+The API client is an in-memory API server answering the calls the Informer makes: lists as pages, watches as JSON
+lines decoded by the client's own event decoding (an ERROR event with a 410 raises as from a real server), so the
+real event handling and 410 handling are in the loop. The test scripts what each call returns; a call with nothing
+scripted waits, which is how a test knows the Informer has caught up.
 """
 
 from __future__ import annotations
@@ -16,15 +16,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from kubernetes_asyncio.client.exceptions import ApiException
 
+from csidriver.kube import client
+from csidriver.kube.client import ApiError
 from csidriver.kube.informer import Informer, Obj
 
 _yield = asyncio.sleep  # the real one: the tests record and skip the Informer's sleeps
 
 LABELS = "app=device-localpv"
 FIELDS = "spec.ownerNodeID=n1"
-SELECTORS = {"label_selector": LABELS, "field_selector": FIELDS}
+SELECTORS = {"labelSelector": LABELS, "fieldSelector": FIELDS}
+TARGET = "/apis/local.openebs.io/v1alpha2/namespaces/openebs/devicevolumes"
 
 
 def obj(name: str, rv: str, **spec: Any) -> dict[str, Any]:
@@ -58,29 +60,13 @@ def gone() -> dict[str, Any]:
     return event("ERROR", status)
 
 
-class _Content:
-    def __init__(self, events: list[dict[str, Any] | BaseException]) -> None:
-        self._events = list(events)
-
-    async def readline(self) -> bytes:
-        if not self._events:
-            return b""  # the server ended the watch (its timeout)
-        e = self._events.pop(0)
+async def _lines(events: list[dict[str, Any] | BaseException]) -> AsyncIterator[bytes]:
+    for e in events:
+        await _yield(0)
         if isinstance(e, BaseException):
             raise e
-        return json.dumps(e).encode() + b"\n"
-
-
-class _Response:
-    def __init__(self, events: list[dict[str, Any] | BaseException]) -> None:
-        self.content = _Content(events)
-        self.released = False
-
-    def release(self) -> None:
-        self.released = True
-
-    def close(self) -> None:
-        self.released = True
+        yield json.dumps(e).encode()
+    # then the server ends the watch (its timeout)
 
 
 @dataclass
@@ -109,7 +95,17 @@ class FakeServer:
     def watches(self) -> list[dict[str, Any]]:
         return [c for c in self.calls if c.get("watch")]
 
-    async def list(self, **kw: Any) -> Any:
+    async def get(self, target: str, **kw: Any) -> Any:
+        assert target == TARGET
+        return await self._next(kw)
+
+    @contextlib.asynccontextmanager
+    async def watch(self, target: str, **kw: Any) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        assert target == TARGET
+        stream = await self._next(dict(kw, watch=True))
+        yield client._events(_lines(stream.events))
+
+    async def _next(self, kw: dict[str, Any]) -> Any:
         self.calls.append(kw)
         while not self.script:
             self._more.clear()
@@ -123,7 +119,7 @@ class FakeServer:
             if not isinstance(step, Stream):
                 self.mismatches.append(f"watch call {kw} answered with {step}")
                 raise AssertionError("script out of step")
-            return _Response(step.events)
+            return step
         if not isinstance(step, Page):
             self.mismatches.append(f"list call {kw} answered with {step}")
             raise AssertionError("script out of step")
@@ -161,7 +157,7 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 async def running() -> AsyncIterator[tuple[FakeServer, Informer, Seen]]:
     """An Informer with selectors and pages of two, on a fake server, running until the block ends."""
     server = FakeServer()
-    inf = Informer(server.list, what="devicevolumes", label_selector=LABELS, field_selector=FIELDS, page_size=2)
+    inf = Informer(server, TARGET, what="devicevolumes", label_selector=LABELS, field_selector=FIELDS, page_size=2)
     seen = Seen()
 
     def handler(name: str, old: Obj | None, new: Obj | None) -> None:
@@ -194,11 +190,12 @@ async def test_list_watch_bookmark_gone_and_reconnect(sleeps: list[float]) -> No
         assert inf.cache == {"a": a1, "b": b2, "c": c3}
         assert seen.take() == [("a", None, a1), ("b", None, b2), ("c", None, c3)]
         first, second = server.lists()
-        assert first == dict(SELECTORS, limit=2, resource_version="0")  # from the API server's cache
-        assert second == dict(SELECTORS, limit=2, _continue="token-1")  # a continue carries no resourceVersion
+        assert first == dict(SELECTORS, limit=2, resourceVersion="0")  # from the API server's cache
+        assert second == {**SELECTORS, "limit": 2, "continue": "token-1"}  # a continue carries no resourceVersion
         watch = server.watches()[0]
-        assert watch["resource_version"] == "10" and watch["allow_watch_bookmarks"] is True
-        assert watch["label_selector"] == LABELS and watch["field_selector"] == FIELDS
+        assert watch["resourceVersion"] == "10" and watch["allowWatchBookmarks"] is True
+        assert watch["labelSelector"] == LABELS and watch["fieldSelector"] == FIELDS
+        assert 600 <= watch["timeoutSeconds"] <= 720
 
         # Watch events change the cache (before the handlers run); a bookmark only moves the version.
         d11, a12 = obj("d", "11"), obj("a", "12", size=2)
@@ -208,35 +205,35 @@ async def test_list_watch_bookmark_gone_and_reconnect(sleeps: list[float]) -> No
         assert seen.take() == [("d", None, d11), ("a", a1, a12), ("b", b2, None)]
         assert seen.cache_at_call[-3:] == [d11, a12, None]
         assert inf.cache == {"a": a12, "c": c3, "d": d11}
-        assert server.watches()[-1]["resource_version"] == "20", "the watch after a bookmark did not resume from it"
+        assert server.watches()[-1]["resourceVersion"] == "20", "the watch after a bookmark did not resume from it"
         assert len(server.lists()) == 2 and sleeps == []  # a watch the server ended is simply resumed
 
         # 410 Gone: relist at once; the difference comes out as updates, additions and deletions.
         c30, e31 = obj("c", "30", size=3), obj("e", "31")
         server.push(Stream([gone()]), Page([a12, c30, e31], rv="40"))
         await server.caught_up()
-        assert len(server.lists()) == 3 and server.lists()[-1] == dict(SELECTORS, limit=2, resource_version="0")
+        assert len(server.lists()) == 3 and server.lists()[-1] == dict(SELECTORS, limit=2, resourceVersion="0")
         assert sorted(seen.take(), key=lambda c: c[0]) == [("c", c3, c30), ("d", d11, None), ("e", None, e31)]
         assert inf.cache == {"a": a12, "c": c30, "e": e31}
         assert inf.cache is cache, "readers hold the cache dict: a relist must update it in place"
-        assert server.watches()[-1]["resource_version"] == "40"
+        assert server.watches()[-1]["resourceVersion"] == "40"
         assert sleeps == []
 
         # A broken connection: back off, then watch again from where we were, with no relist.
         server.push(Stream([ConnectionResetError("connection reset by peer")]))
         await server.caught_up()
         assert len(server.lists()) == 3
-        assert server.watches()[-1]["resource_version"] == "40"
+        assert server.watches()[-1]["resourceVersion"] == "40"
         assert len(sleeps) == 1 and 0.2 <= sleeps[0] <= 0.4
         assert seen.take() == []
 
         for call in server.calls:
-            assert call["label_selector"] == LABELS and call["field_selector"] == FIELDS, call
+            assert call["labelSelector"] == LABELS and call["fieldSelector"] == FIELDS, call
 
 
 async def test_errors_back_off_doubling_and_a_good_watch_resets_it(sleeps: list[float]) -> None:
     async with running() as (server, inf, _seen):
-        boom = ApiException(status=500, reason="Internal Server Error")
+        boom = ApiError(500, "InternalError", "etcd is down")
         server.push(boom, boom, ConnectionRefusedError("no route"), Page([obj("a", "1")], rv="5"))
         await server.caught_up()
         assert inf.synced.is_set() and list(inf.cache) == ["a"]
@@ -259,7 +256,7 @@ async def test_a_410_error_event_on_the_first_watch_relists_without_backoff(slee
         assert seen.take() == [("a", None, obj("a", "1")), ("b", None, obj("b", "6")), ("a", obj("a", "1"), None)]
         assert inf.cache == {"b": obj("b", "6")}
         assert sleeps == []
-        assert server.watches()[-1]["resource_version"] == "7"
+        assert server.watches()[-1]["resourceVersion"] == "7"
 
 
 async def test_a_failing_handler_does_not_stop_the_others_or_the_informer(sleeps: list[float]) -> None:
@@ -281,4 +278,4 @@ async def test_a_broken_watch_resumes_from_the_last_version_it_delivered(sleeps:
     async with running() as (server, _inf, _seen):
         server.push(Page([], rv="10"), Stream([event("ADDED", obj("a", "11")), bookmark("15"), OSError("reset")]))
         await server.caught_up()
-        assert [w["resource_version"] for w in server.watches()] == ["10", "15"]
+        assert [w["resourceVersion"] for w in server.watches()] == ["10", "15"]

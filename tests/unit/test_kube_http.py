@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from csidriver.kube import http
+from csidriver.kube.client import ApiClient
 from csidriver.kube.http import ApiError, Credential, Endpoint, Transport
-from csidriver.kube.rest import ApiClient
 
 
 @dataclass

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
-from typing import Any
+from typing import Any, cast
 
-from kubernetes_asyncio import client
-from kubernetes_asyncio.client.exceptions import ApiException
-
-from csidriver.kube.lease import LeaseElector
+from csidriver.kube.client import ApiError
+from csidriver.kube.lease import LeaseElector, micro_time
 
 
 class PodMateLeases:
@@ -22,30 +19,26 @@ class PodMateLeases:
 
     def _lease(self) -> Any:
         self.version += 1
-        return client.V1Lease(
-            metadata=client.V1ObjectMeta(
-                name="device-csi-openebs-io", namespace="openebs", resource_version=str(self.version)
-            ),
-            spec=client.V1LeaseSpec(
-                holder_identity=self.holder,
-                lease_duration_seconds=15,
-                renew_time=datetime.datetime.now(datetime.UTC),
-                lease_transitions=0,
-            ),
-        )
+        return {
+            "metadata": {"name": "device-csi-openebs-io", "namespace": "openebs", "resourceVersion": str(self.version)},
+            "spec": {
+                "holderIdentity": self.holder,
+                "leaseDurationSeconds": 15,
+                "renewTime": micro_time(),
+                "leaseTransitions": 0,
+            },
+        }
 
-    async def read_namespaced_lease(self, name: str, namespace: str) -> Any:
+    async def read(self, name: str) -> Any:
         return self._lease()
 
-    async def replace_namespaced_lease(self, name: str, namespace: str, body: Any) -> Any:
+    async def replace(self, name: str, body: Any) -> Any:
         self.writes += 1
-        raise ApiException(status=409, reason="Conflict")
+        raise ApiError(409, "Conflict", "the object has been modified")
 
 
 async def _elector(leases: Any, identity: str, writer: bool = True, duration: float = 15) -> LeaseElector:
-    api = client.ApiClient()
-    elector = LeaseElector(api, "openebs", "device-csi-openebs-io", identity, duration, writer=writer)
-    await api.close()  # never used: requests go to the fake below
+    elector = LeaseElector(cast(Any, None), "openebs", "device-csi-openebs-io", identity, duration, writer=writer)
     elector._api = leases  # the API server's side, as the pod-mate makes it behave
     return elector
 
@@ -84,7 +77,7 @@ class FrozenLease(PodMateLeases):
         super().__init__(holder)
         self.frozen = self._lease()
 
-    async def read_namespaced_lease(self, name: str, namespace: str) -> Any:
+    async def read(self, name: str) -> Any:
         return self.frozen
 
 

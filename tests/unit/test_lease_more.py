@@ -10,14 +10,17 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import pytest
-from kubernetes_asyncio import client
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from csidriver.kube import lease as lease_module
-from csidriver.kube.lease import LeaseElector
+from csidriver.kube.client import ApiError
+from csidriver.kube.lease import LeaseElector, micro_time
 
 NS, NAME = "openebs", "device-csi-openebs-io"
 LONG_AGO = datetime.datetime(2001, 1, 1, tzinfo=datetime.UTC)  # a holder whose wall clock is far behind ours
+
+
+def _parse(stamp: str) -> datetime.datetime:
+    return datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.UTC)
 
 
 class Clock:
@@ -50,67 +53,68 @@ class Leases:
     ) -> None:
         """Another process writes the Lease."""
         self.version += 1
-        self.stored = client.V1Lease(
-            metadata=client.V1ObjectMeta(name=NAME, namespace=NS, resource_version=str(self.version)),
-            spec=client.V1LeaseSpec(
-                holder_identity=holder,
-                lease_duration_seconds=duration,
-                acquire_time=LONG_AGO,
-                renew_time=renew,
-                lease_transitions=transitions,
-            ),
-        )
+        self.stored = {
+            "metadata": {"name": NAME, "namespace": NS, "resourceVersion": str(self.version)},
+            "spec": {
+                "holderIdentity": holder,
+                "leaseDurationSeconds": duration,
+                "acquireTime": micro_time(LONG_AGO),
+                "renewTime": micro_time(renew),
+                "leaseTransitions": transitions,
+            },
+        }
 
     def renew(self) -> None:
         """The holder renews: a new renewTime."""
         assert self.stored is not None
-        spec = self.stored.spec
-        self.put(spec.holder_identity, spec.renew_time + datetime.timedelta(seconds=5), spec.lease_duration_seconds)
-        self.stored.spec.lease_transitions = spec.lease_transitions
+        spec = self.stored["spec"]
+        renewed = _parse(spec["renewTime"]) + datetime.timedelta(seconds=5)
+        self.put(spec["holderIdentity"], renewed, spec["leaseDurationSeconds"], spec["leaseTransitions"])
 
     @property
     def spec(self) -> Any:
-        return self.stored.spec
+        return self.stored["spec"]
 
     def _check(self) -> None:
         if self.failing:
-            raise ApiException(status=503, reason="Service Unavailable")
+            raise ApiError(503, "ServiceUnavailable", "etcd is down")
 
-    async def read_namespaced_lease(self, name: str, namespace: str) -> Any:
+    async def read(self, name: str) -> Any:
         self._check()
         self.reads += 1
         if self.stored is None:
-            raise ApiException(status=404, reason="Not Found")
+            raise ApiError(404, "NotFound", f"leases {name!r} not found")
         return copy.deepcopy(self.stored)
 
-    async def create_namespaced_lease(self, namespace: str, body: Any) -> Any:
+    async def create(self, body: Any) -> Any:
         self._check()
         if self.stored is not None:
-            raise ApiException(status=409, reason="AlreadyExists")
+            raise ApiError(409, "AlreadyExists", "already exists")
+        assert "resourceVersion" not in body["metadata"]
         self.version += 1
-        body.metadata.resource_version = str(self.version)
+        body = copy.deepcopy(body)
+        body["metadata"]["resourceVersion"] = str(self.version)
         self.stored = copy.deepcopy(body)
         self.writes.append(copy.deepcopy(body))
         return body
 
-    async def replace_namespaced_lease(self, name: str, namespace: str, body: Any) -> Any:
+    async def replace(self, name: str, body: Any) -> Any:
         self._check()
         if self.stored is None:
-            raise ApiException(status=404, reason="Not Found")
-        if body.metadata.resource_version != self.stored.metadata.resource_version:
-            raise ApiException(status=409, reason="Conflict")
+            raise ApiError(404, "NotFound", f"leases {name!r} not found")
+        if body["metadata"].get("resourceVersion") != self.stored["metadata"]["resourceVersion"]:
+            raise ApiError(409, "Conflict", "the object has been modified")
         self.version += 1
-        body.metadata.resource_version = str(self.version)
+        body = copy.deepcopy(body)
+        body["metadata"]["resourceVersion"] = str(self.version)
         self.stored = copy.deepcopy(body)
         self.writes.append(copy.deepcopy(body))
         return body
 
 
 async def elector(leases: Leases, identity: str = "controller-0", writer: bool = True) -> LeaseElector:
-    e = LeaseElector(
-        cast(Any, leases), NS, NAME, identity, 15.0, writer=writer
-    )  # no ApiClient: nothing goes to a server
-    e._api = leases  # the store answers the CoordinationV1Api calls
+    e = LeaseElector(cast(Any, None), NS, NAME, identity, 15.0, writer=writer)  # nothing goes to a server
+    e._api = cast(Any, leases)  # the store answers the Lease calls
     return e
 
 
@@ -121,8 +125,8 @@ async def test_an_absent_lease_is_created_by_a_writer_and_left_alone_by_a_follow
     assert leases.stored is None and not follower.is_leader()
     writer = await elector(leases)
     await writer._attempt()
-    assert leases.spec.holder_identity == "controller-0"
-    assert leases.spec.lease_transitions == 0 and leases.spec.lease_duration_seconds == 15
+    assert leases.spec["holderIdentity"] == "controller-0"
+    assert leases.spec["leaseTransitions"] == 0 and leases.spec["leaseDurationSeconds"] == 15
     assert writer.is_leader()
 
 
@@ -130,14 +134,14 @@ async def test_renewing_keeps_the_lead_and_the_acquire_time(clock: Clock) -> Non
     leases = Leases()
     ours = await elector(leases)
     await ours._attempt()
-    acquired = leases.spec.acquire_time
+    acquired = leases.spec["acquireTime"]
     for _ in range(5):
         clock.now += 5
         await ours._attempt()
         assert ours.is_leader()
     assert len(leases.writes) == 6
-    assert leases.spec.acquire_time == acquired and leases.spec.lease_transitions == 0
-    assert leases.spec.renew_time >= acquired
+    assert leases.spec["acquireTime"] == acquired and leases.spec["leaseTransitions"] == 0
+    assert leases.spec["renewTime"] >= acquired
 
 
 async def test_a_stale_holder_is_taken_over_after_a_lease_duration_on_our_clock(clock: Clock) -> None:
@@ -152,9 +156,9 @@ async def test_a_stale_holder_is_taken_over_after_a_lease_duration_on_our_clock(
     clock.now += 0.2
     await ours._attempt()
     assert ours.is_leader()
-    assert leases.spec.holder_identity == "controller-0"
-    assert leases.spec.lease_transitions == 4, "a take-over counts as a transition"
-    assert leases.spec.acquire_time > LONG_AGO, "a new holder's acquireTime is when it acquired"
+    assert leases.spec["holderIdentity"] == "controller-0"
+    assert leases.spec["leaseTransitions"] == 4, "a take-over counts as a transition"
+    assert _parse(leases.spec["acquireTime"]) > LONG_AGO, "a new holder's acquireTime is when it acquired"
 
 
 async def test_the_holders_own_duration_decides_expiry(clock: Clock) -> None:
@@ -179,7 +183,7 @@ async def test_a_holder_that_keeps_renewing_is_never_taken_over(clock: Clock) ->
         clock.now += 5
         leases.renew()
     assert leases.writes == [] and not ours.is_leader()
-    assert leases.spec.holder_identity == "controller-1"
+    assert leases.spec["holderIdentity"] == "controller-1"
 
 
 async def test_a_released_lease_is_taken_at_once(clock: Clock) -> None:
@@ -187,7 +191,7 @@ async def test_a_released_lease_is_taken_at_once(clock: Clock) -> None:
     leases.put(None)
     ours = await elector(leases)
     await ours._attempt()
-    assert ours.is_leader() and leases.spec.holder_identity == "controller-0"
+    assert ours.is_leader() and leases.spec["holderIdentity"] == "controller-0"
 
 
 async def test_a_leader_whose_renewals_fail_steps_down_after_one_duration(clock: Clock) -> None:
@@ -198,7 +202,7 @@ async def test_a_leader_whose_renewals_fail_steps_down_after_one_duration(clock:
     leases.failing = True
     for _ in range(2):
         clock.now += 5
-        with pytest.raises(ApiException):
+        with pytest.raises(ApiError):
             await ours._attempt()
     clock.now += 4.9  # 14.9 s since the last renewal
     assert ours.is_leader()
@@ -216,21 +220,21 @@ async def test_a_conflicting_writer_of_another_identity_wins_and_we_do_not_lead(
     leases = Leases()
     leases.put(None)
     ours = await elector(leases)
-    real_read = leases.read_namespaced_lease
+    real_read = leases.read
     raced = False
 
-    async def read_then_race(name: str, namespace: str) -> Any:
+    async def read_then_race(name: str) -> Any:
         nonlocal raced
-        got = await real_read(name, namespace)
+        got = await real_read(name)
         if not raced:  # another replica takes the free Lease between our read and our write
             raced = True
             leases.put("controller-1", renew=LONG_AGO)
         return got
 
-    leases.read_namespaced_lease = read_then_race  # type: ignore[method-assign]
+    leases.read = read_then_race  # type: ignore[method-assign]
     await ours._attempt()
     assert not ours.is_leader()
-    assert leases.spec.holder_identity == "controller-1"
+    assert leases.spec["holderIdentity"] == "controller-1"
 
 
 async def test_release_hands_the_lease_over_at_once(clock: Clock) -> None:
@@ -239,7 +243,7 @@ async def test_release_hands_the_lease_over_at_once(clock: Clock) -> None:
     await ours._attempt()
     await ours.release()
     assert not ours.is_leader()
-    assert leases.spec.holder_identity is None
+    assert leases.spec["holderIdentity"] is None
     other = await elector(leases, "controller-1")
     await other._attempt()
     assert other.is_leader(), "a released Lease must not wait out its duration"
@@ -253,7 +257,7 @@ async def test_release_leaves_alone_a_lease_that_is_not_ours(clock: Clock) -> No
     await ours._attempt()
     leases.put("controller-1")  # taken over meanwhile (we could not renew, say)
     await ours.release()
-    assert leases.spec.holder_identity == "controller-1"
+    assert leases.spec["holderIdentity"] == "controller-1"
     assert len(leases.writes) == 1  # only our creation
     assert not ours.is_leader()
 
