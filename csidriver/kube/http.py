@@ -489,34 +489,59 @@ def _data_or_file(user: Mapping[str, Any], key: str, base: Path) -> bytes | None
     return None
 
 
-def _named(items: Any, name: str, what: str) -> dict[str, Any]:
+def _named(items: Any, name: str, what: str) -> tuple[dict[str, Any], Path]:
     for item in items or ():
         if item.get("name") == name:
             found: dict[str, Any] = item.get(what) or {}
-            return found
+            return found, item["_base"]
     raise ValueError(f"kubeconfig: no {what} named {name!r}")
 
 
-def from_kubeconfig(path: str | os.PathLike[str], context: str | None = None) -> tuple[Endpoint, Credentials]:
-    """The server and credentials of a kubeconfig's current (or the given) context. Relative file names in it are
-    relative to its directory, as kubectl reads them."""
-    text = Path(path).read_text()
+def _read_config(file: Path) -> dict[str, Any]:
+    text = file.read_text()
     try:
         cfg = json.loads(text)
     except ValueError:
         import yaml  # only for kubeconfigs that are not JSON: the driver in a cluster never reads one
 
         cfg = yaml.safe_load(text)
-    base = Path(path).resolve().parent
-    ctx = _named(cfg.get("contexts"), context or cfg.get("current-context") or "", "context")
-    cluster = _named(cfg.get("clusters"), ctx.get("cluster", ""), "cluster")
-    user = _named(cfg.get("users"), ctx["user"], "user") if ctx.get("user") else {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def _merged(paths: str) -> dict[str, Any]:
+    """KUBECONFIG's files (separated as PATH is) merged as kubectl does: the first file to name a cluster, user or
+    context, or to set current-context, wins. Each entry keeps its file's directory (`_base`), which its relative
+    file names are relative to."""
+    merged: dict[str, Any] = {"clusters": [], "users": [], "contexts": [], "current-context": ""}
+    files = [Path(p) for p in paths.split(os.pathsep) if p]
+    for file in files:
+        if len(files) > 1 and not file.exists():
+            continue
+        cfg = _read_config(file)
+        base = file.resolve().parent
+        for kind in ("clusters", "users", "contexts"):
+            seen = {e["name"] for e in merged[kind]}
+            for entry in cfg.get(kind) or ():
+                if entry.get("name") not in seen:
+                    merged[kind].append({**entry, "_base": base})
+        merged["current-context"] = merged["current-context"] or cfg.get("current-context") or ""
+    return merged
+
+
+def from_kubeconfig(path: str | os.PathLike[str], context: str | None = None) -> tuple[Endpoint, Credentials]:
+    """The server and credentials of a kubeconfig's current (or the given) context. `path` may list several files,
+    as KUBECONFIG does. Relative file names in it are relative to the directory of the file that holds them, as
+    kubectl reads them."""
+    cfg = _merged(os.fspath(path))
+    ctx, _ = _named(cfg.get("contexts"), context or cfg.get("current-context") or "", "context")
+    cluster, cluster_base = _named(cfg.get("clusters"), ctx.get("cluster", ""), "cluster")
+    user, base = _named(cfg.get("users"), ctx["user"], "user") if ctx.get("user") else ({}, cluster_base)
     host, port, tls = _split_server(str(cluster["server"]))
     endpoint = Endpoint(
         host,
         port,
         tls,
-        ca_pem=_data_or_file(cluster, "certificate-authority", base),
+        ca_pem=_data_or_file(cluster, "certificate-authority", cluster_base),
         insecure=bool(cluster.get("insecure-skip-tls-verify")),
         server_name=cluster.get("tls-server-name"),
     )

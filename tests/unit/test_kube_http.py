@@ -545,3 +545,32 @@ async def test_list_all_follows_continue_tokens() -> None:
             "/l?limit=2&labelSelector=a%3Db",
             "/l?limit=2&continue=c1&labelSelector=a%3Db",
         ]
+
+
+async def test_kubeconfig_files_listed_as_in_kubeconfig_are_merged_first_wins(tmp_path: Path) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    (two / "tok").write_text("from-two")
+    (one / "config").write_text(
+        json.dumps(
+            {
+                "clusters": [{"name": "c", "cluster": {"server": "https://first:1"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    (two / "config").write_text(
+        json.dumps(
+            {
+                "clusters": [{"name": "c", "cluster": {"server": "https://second:2"}}],
+                "users": [{"name": "u", "user": {"tokenFile": "tok"}}],
+                "current-context": "y",
+            }
+        )
+    )
+    listed = f"{one / 'config'}:{tmp_path / 'missing'}:{two / 'config'}"
+    endpoint, creds = http.from_kubeconfig(listed)
+    assert (endpoint.host, endpoint.port) == ("first", 1)
+    assert (await creds.get()).token == "from-two", "a relative tokenFile is relative to its own file"
