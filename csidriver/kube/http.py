@@ -273,14 +273,15 @@ def _reusable(headers: Mapping[str, str]) -> bool:
 
 class Transport:
     """Requests to one API server. Short calls share up to `max_connections` kept-alive connections; each stream
-    (a watch) has a connection of its own, closed when the stream ends."""
+    (a watch) has a connection of its own, closed when the stream ends. Few connections: each TLS connection holds
+    a 256 KiB read buffer of asyncio's, and short calls take milliseconds."""
 
     def __init__(
         self,
         endpoint: Endpoint,
         credentials: Credentials,
         *,
-        max_connections: int = 16,
+        max_connections: int = 4,
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
         user_agent: str = "device-localpv",

@@ -35,6 +35,16 @@ def _name(obj: Obj) -> str:
     return str(obj["metadata"]["name"])
 
 
+def _slim(obj: Obj) -> Obj:
+    """The object without metadata.managedFields, which nothing here reads and which can be most of an object's
+    size (one entry per writer). The cache holds every object of its kind: this is most of the process's memory
+    per object. An update sent without the field leaves the server's record of it as it was."""
+    meta = obj.get("metadata")
+    if not meta or "managedFields" not in meta:
+        return obj
+    return {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+
+
 class Informer:
     def __init__(
         self,
@@ -84,7 +94,7 @@ class Informer:
                 params["resourceVersion"] = "0"
             page = await self._api.get(self._target, **params)
             for obj in page.get("items") or ():
-                fresh[_name(obj)] = obj
+                fresh[_name(obj)] = _slim(obj)
             meta = page.get("metadata") or {}
             rv = str(meta.get("resourceVersion", rv))
             cont = meta.get("continue")
@@ -102,6 +112,7 @@ class Informer:
         return rv
 
     def _apply(self, kind: str, obj: Obj) -> None:
+        obj = _slim(obj)
         name = _name(obj)
         prev = self.cache.get(name)
         if kind == "DELETED":

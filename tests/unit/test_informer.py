@@ -279,3 +279,14 @@ async def test_a_broken_watch_resumes_from_the_last_version_it_delivered(sleeps:
         server.push(Page([], rv="10"), Stream([event("ADDED", obj("a", "11")), bookmark("15"), OSError("reset")]))
         await server.caught_up()
         assert [w["resourceVersion"] for w in server.watches()] == ["10", "15"]
+
+
+async def test_the_cache_keeps_no_managed_fields(sleeps: list[float]) -> None:
+    managed = [{"manager": "agent", "operation": "Update", "fieldsV1": {"f:status": {}}}]
+    a = {"metadata": {"name": "a", "resourceVersion": "1", "managedFields": managed}, "spec": {}}
+    b = {"metadata": {"name": "b", "resourceVersion": "2", "managedFields": managed}, "spec": {"x": 1}}
+    async with running() as (server, inf, seen):
+        server.push(Page([a], rv="1"), Stream([event("ADDED", b)]))
+        await server.caught_up()
+        assert inf.cache == {"a": obj("a", "1"), "b": obj("b", "2", x=1)}
+        assert all("managedFields" not in new["metadata"] for _, _, new in seen.take() if new is not None)
