@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 TOKEN_MAX_AGE = 60.0  # a token file is read again at least this often (bound service-account tokens rotate)
 _LINE_LIMIT = 1 << 20  # longest header line accepted
+IDLE_SECONDS = 30.0  # a kept-alive connection idle longer is closed rather than reused (the server may have)
 IN_CLUSTER_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
@@ -206,6 +207,8 @@ class _Conn:
         self.writer = writer
         self.generation = generation  # of the TLS context it was made with
         self.used = False
+        self.answered = False  # a byte of the answer to its current request arrived
+        self.idle_since = 0.0
 
     async def close(self) -> None:
         self.writer.close()
@@ -220,6 +223,7 @@ class _Conn:
         line = await self.reader.readline()
         if not line:
             raise TransportError("connection closed before an answer")
+        self.answered = True
         parts = line.decode("latin-1").rstrip("\r\n").split(" ", 2)
         if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
             raise TransportError(f"not an HTTP answer: {line[:80]!r}")
@@ -332,7 +336,8 @@ class Transport:
             self._context(cred)
         while self._idle:
             conn = self._idle.pop()
-            if conn.generation == self._generation and not conn.reader.at_eof():
+            fresh = time.monotonic() - conn.idle_since < IDLE_SECONDS
+            if fresh and conn.generation == self._generation and not conn.reader.at_eof():
                 return conn
             await self._discard(conn)
         return await self._connect(cred)
@@ -341,6 +346,7 @@ class Transport:
         if self._closed:
             await self._discard(conn)
         else:
+            conn.idle_since = time.monotonic()
             self._idle.append(conn)
 
     def _head(
@@ -381,6 +387,7 @@ class Transport:
                 conn = await self._take(cred)
                 reused = conn.used
                 conn.used = True
+                conn.answered = False
                 try:
                     async with asyncio.timeout(self._read_timeout):
                         await conn.send(head, body)
@@ -389,15 +396,14 @@ class Transport:
                 except TimeoutError:
                     await self._discard(conn)
                     raise
-                except TransportError:
-                    await self._discard(conn)
-                    if reused:  # the server closed an idle connection as we sent: once more on a new one
-                        continue
-                    raise
                 except (OSError, asyncio.IncompleteReadError) as e:
                     await self._discard(conn)
-                    if reused:
+                    if reused and not conn.answered:
+                        # The server closed a kept-alive connection as we sent, before any answer: once more, on
+                        # a new one. After a byte of an answer, the request may have been served: never twice.
                         continue
+                    if isinstance(e, TransportError):
+                        raise
                     raise TransportError(str(e) or type(e).__name__) from e
                 except BaseException:
                     await self._discard(conn)

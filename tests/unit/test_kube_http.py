@@ -69,6 +69,7 @@ class Server:
     open: int = 0
     peers: list[Any] = field(default_factory=list)
     port: int = 0
+    close_after: set[str] = field(default_factory=set)  # targets whose answer ends the connection
     _server: asyncio.Server | None = None
     _handlers: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -103,6 +104,8 @@ class Server:
                     return
                 writer.write(out)
                 await writer.drain()
+                if req.target in self.close_after:
+                    return
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, asyncio.CancelledError):
             return
         finally:
@@ -574,3 +577,28 @@ async def test_kubeconfig_files_listed_as_in_kubeconfig_are_merged_first_wins(tm
     endpoint, creds = http.from_kubeconfig(listed)
     assert (endpoint.host, endpoint.port) == ("first", 1)
     assert (await creds.get()).token == "from-two", "a relative tokenFile is relative to its own file"
+
+
+async def test_a_request_whose_answer_broke_off_is_never_sent_twice() -> None:
+    async def answer(req: Request) -> bytes | None:
+        if req.target == "/create":
+            return b"HTTP/1.1 201 Created\r\nContent-Length: 100\r\n\r\n{"  # and the connection closes
+        return reply(body={})
+
+    async with serving(answer) as (server, t):
+        server.close_after.add("/create")
+        await t.request("GET", "/warm")  # the next call goes on a reused connection
+        with pytest.raises(http.TransportError):
+            await t.request("POST", "/create", b"{}")
+        assert [r.target for r in server.requests] == ["/warm", "/create"], "served once: must not be sent again"
+
+
+async def test_a_connection_idle_too_long_is_not_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def answer(req: Request) -> bytes:
+        return reply(body={"conn": req.conn})
+
+    async with serving(answer) as (_server, t):
+        await t.request("GET", "/a")
+        monkeypatch.setattr(http, "IDLE_SECONDS", 0.0)
+        got = await t.request("GET", "/b")
+        assert json.loads(got.body) == {"conn": 2} and t.connections == 1
