@@ -602,3 +602,29 @@ async def test_a_connection_idle_too_long_is_not_reused(monkeypatch: pytest.Monk
         monkeypatch.setattr(http, "IDLE_SECONDS", 0.0)
         got = await t.request("GET", "/b")
         assert json.loads(got.body) == {"conn": 2} and t.connections == 1
+
+
+async def test_exec_plugin_client_certificates(pki: Path, tmp_path: Path) -> None:
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki / "ca.crt"))
+    tls.load_cert_chain(pki / "server.crt", pki / "server.key")
+    tls.verify_mode = ssl.CERT_REQUIRED
+
+    async def answer(req: Request) -> bytes:
+        return reply(body={})
+
+    status = {
+        "clientCertificateData": (pki / "client.crt").read_text(),
+        "clientKeyData": (pki / "client.key").read_text(),
+    }
+    plugin = _plugin(tmp_path, f"import json\nprint(json.dumps({{'status': {status!r}}}))\n")
+    server = await Server(answer, tls=tls).start()
+    t = Transport(
+        Endpoint("127.0.0.1", server.port, ca_pem=(pki / "ca.crt").read_bytes()), http.ExecPlugin(str(plugin))
+    )
+    try:
+        assert (await t.request("GET", "/")).status == 200
+        assert dict(x[0] for x in server.peers[-1]["subject"])["commonName"] == "alice"
+        assert "authorization" not in server.requests[-1].headers
+    finally:
+        await t.close()
+        await server.stop()
