@@ -2,6 +2,10 @@
 
     .venv/bin/python -m bench.kubernetes [--sequential 100] [--burst 100]
 
+PVC -> Bound is timed from one watch per resource (PVCs, PVs, DeviceVolumes), each event stamped as it arrives:
+no client per claim, no polling. The burst's phases: PVC created (its ADDED event) -> our controller receives
+CreateVolume from the csi-provisioner (our controller's log) -> DeviceVolume created -> Ready -> PV created -> Bound.
+
 API requests are counted by the API server itself (audit log), per component: our controller, our agents,
 and the csi-provisioner (same service account as our controller, told apart by user agent).
 """
@@ -9,18 +13,25 @@ and the csi-provisioner (same service account as our controller, told apart by u
 from __future__ import annotations
 
 import argparse
+import datetime
+import itertools
 import json
+import re
 import statistics
+import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bench.provisioning import pct
 from harness.apiserver import ApiServer
 from harness.kubernetes import KubeCluster
-from harness.objects import MIB, create_pvcs, delete_pvcs, pvc_body, storage_class, wait_bound
+from harness.objects import MIB, create_pvcs, delete_pvcs, pvc_body, storage_class
 from harness.tools import tools
 
 
@@ -44,16 +55,152 @@ def audit_counts(log: Path, start: int) -> tuple[Counter[tuple[str, str]], int]:
     return counts, start + len(data)
 
 
+WATCH = ("-w", "--output-watch-events", "-o", "json")
+
+
+class Watch:
+    """One `kubectl get -w --output-watch-events` stream; each event is recorded with this process's wall clock as
+    it arrives (one watch per resource for the whole run, not a client per object)."""
+
+    def __init__(self, api: ApiServer, resource: str, namespace: str | None) -> None:
+        ns = ["-n", namespace] if namespace else []
+        self._proc = subprocess.Popen(
+            [api.tools.kubectl, "--kubeconfig", api.identities["admin"].kubeconfig, "get", resource, *ns, *WATCH],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        self.events: list[tuple[float, str, dict[str, Any]]] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        decoder = json.JSONDecoder()
+        buf = ""
+        for line in self._proc.stdout:
+            now = time.time()
+            buf += line
+            while True:
+                stripped = buf.lstrip()
+                if not stripped:
+                    buf = ""
+                    break
+                try:
+                    ev, end = decoder.raw_decode(stripped)
+                except json.JSONDecodeError:
+                    break
+                buf = stripped[end:]
+                with self._lock:
+                    self.events.append((now, ev.get("type", ""), ev.get("object", {})))
+
+    def first(self, pred: Callable[[str, dict[str, Any]], str | None]) -> dict[str, float]:
+        """name -> time of the first event for which `pred(type, object)` names it."""
+        out: dict[str, float] = {}
+        with self._lock:
+            events = list(self.events)
+        for t, kind, obj in events:
+            name = pred(kind, obj)
+            if name is not None and name not in out:
+                out[name] = t
+        return out
+
+    def stop(self) -> None:
+        self._proc.terminate()
+        self._proc.wait(timeout=10)
+
+
+def _pvc_added(kind: str, obj: dict[str, Any]) -> str | None:
+    return obj["metadata"]["name"] if kind == "ADDED" else None
+
+
+def _pvc_bound(kind: str, obj: dict[str, Any]) -> str | None:
+    return obj["metadata"]["name"] if obj.get("status", {}).get("phase") == "Bound" else None
+
+
+def _pvc_volume(kind: str, obj: dict[str, Any]) -> str | None:
+    return f"pvc-{obj['metadata']['uid']}|{obj['metadata']['name']}"
+
+
+def _dv_added(kind: str, obj: dict[str, Any]) -> str | None:
+    return obj["metadata"]["name"] if kind == "ADDED" else None
+
+
+def _dv_ready(kind: str, obj: dict[str, Any]) -> str | None:
+    return obj["metadata"]["name"] if obj.get("status", {}).get("state") == "Ready" else None
+
+
+def _pv_added(kind: str, obj: dict[str, Any]) -> str | None:
+    return obj["metadata"]["name"] if kind == "ADDED" else None
+
+
+_RPC = re.compile(r"^(\S+ \S+),(\d{3}) INFO csidriver\.rpc: rpc=CreateVolume name=(\S+) code=OK took=([\d.]+)ms")
+
+
+def create_calls(controller_log: Path) -> dict[str, float]:
+    """volume name -> wall time our controller received CreateVolume (its log line's time minus the call's length)."""
+    out: dict[str, float] = {}
+    for line in controller_log.read_text(errors="replace").splitlines():
+        m = _RPC.match(line)
+        if m:
+            t = datetime.datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S").timestamp() + int(m[2]) / 1000
+            out.setdefault(m[3], t - float(m[4]) / 1000)
+    return out
+
+
+def wait_all(watch: Watch, pred: Callable[[str, dict[str, Any]], str | None], names: list[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not set(names) <= watch.first(pred).keys():
+        if time.monotonic() > deadline:
+            missing = set(names) - watch.first(pred).keys()
+            raise AssertionError(f"{len(missing)} PVCs not Bound after {timeout}s: {sorted(missing)[:5]}")
+        time.sleep(0.02)
+
+
+def phases(names: list[str], pvcw: Watch, pvw: Watch, dvw: Watch, calls: dict[str, float]) -> dict[str, list[float]]:
+    """Per phase, the milliseconds each claim of `names` spent in it."""
+    volume = {k.split("|")[1]: k.split("|")[0] for k in pvcw.first(_pvc_volume)}
+    by_volume = {
+        "CreateVolume received": calls,
+        "DeviceVolume created": dvw.first(_dv_added),
+        "DeviceVolume Ready": dvw.first(_dv_ready),
+        "PV created": pvw.first(_pv_added),
+    }
+    marks = [("PVC created", pvcw.first(_pvc_added))]
+    marks += [(label, {n: at[volume[n]] for n in names if volume.get(n) in at}) for label, at in by_volume.items()]
+    marks.append(("Bound", pvcw.first(_pvc_bound)))
+    out: dict[str, list[float]] = {}
+    for (a, ta), (b, tb) in itertools.pairwise(marks):
+        out[f"{a} -> {b}"] = [(tb[n] - ta[n]) * 1000 for n in names if n in ta and n in tb]
+    return out
+
+
+def _print_phases(by_phase: dict[str, list[float]]) -> None:
+    for label, ms in by_phase.items():
+        if ms:
+            print(
+                f"    {label:48s} p50 {statistics.median(ms):7.0f} ms  p90 {pct(ms, 90):7.0f} ms  max {max(ms):7.0f} ms"
+            )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sequential", type=int, default=100)
     ap.add_argument("--burst", type=int, default=100)
+    ap.add_argument(
+        "--kcm-qps",
+        type=int,
+        default=0,
+        help="kube-controller-manager's client QPS (burst twice that); 0 keeps its defaults (20 QPS, burst 30)",
+    )
     args = ap.parse_args()
     api = ApiServer(tools()).start(audit=True)
     kube = KubeCluster(api, api.tools, Path(tempfile.mkdtemp(prefix="dlpv-kbench-")))
     try:
         api.install_driver_objects()
-        kube.start_kube_components()
+        kcm = (f"--kube-api-qps={args.kcm_qps}", f"--kube-api-burst={2 * args.kcm_qps}") if args.kcm_qps else ()
+        kube.start_kube_components(*kcm)
         kube.start_driver()
         kube.add_node("node-1", [("ssd", 2048), ("ssd", 2048)])
         kube.add_node("node-2", [("ssd", 1024)])
@@ -63,31 +210,48 @@ def main() -> None:
         assert api.audit_log is not None
         _, offset = audit_counts(api.audit_log, 0)
 
-        latencies = []
+        ctl_log = kube.workdir / "controller.log"
+        pvcw = Watch(api, "pvc", "default")
+        pvw = Watch(api, "pv", None)
+        dvw = Watch(api, "devicevolumes", "openebs")
+        watches = [pvcw, pvw, dvw]
+        time.sleep(1)
         names = []
         for _ in range(args.sequential):
             name = f"s-{uuid.uuid4().hex[:10]}"
-            t = time.perf_counter()
             create_pvcs(kube, [pvc_body(name, "bench", 8 * MIB)])
-            wait_bound(kube, [name])
-            latencies.append((time.perf_counter() - t) * 1000)
+            wait_all(pvcw, _pvc_bound, [name], 120)
             names.append(name)
+        created, bound = pvcw.first(_pvc_added), pvcw.first(_pvc_bound)
+        latencies = [(bound[n] - created[n]) * 1000 for n in names]
+        seq_phases = phases(names, pvcw, pvw, dvw, create_calls(ctl_log))
         delete_pvcs(kube, names, timeout=300)
         time.sleep(2)
         counts, offset = audit_counts(api.audit_log, offset)
 
-        names = [f"b-{uuid.uuid4().hex[:10]}" for _ in range(args.burst)]
-        t = time.perf_counter()
-        create_pvcs(kube, [pvc_body(n, "bench", 8 * MIB) for n in names])
-        wait_bound(kube, names, timeout=300)
-        wall = time.perf_counter() - t
-        delete_pvcs(kube, names, timeout=300)
+        burst = [f"b-{uuid.uuid4().hex[:10]}" for _ in range(args.burst)]
+        t = time.time()
+        create_pvcs(kube, [pvc_body(n, "bench", 8 * MIB) for n in burst])
+        wait_all(pvcw, _pvc_bound, burst, 300)
+        bound = pvcw.first(_pvc_bound)
+        wall = max(bound[n] for n in burst) - t
+        burst_phases = phases(burst, pvcw, pvw, dvw, create_calls(ctl_log))
+        created = pvcw.first(_pvc_added)
+        for w in watches:
+            w.stop()
+        delete_pvcs(kube, burst, timeout=300)
 
         print(
-            f"PVC created -> Bound, {args.sequential} sequential (includes kubectl start-up and 200 ms polling): "
-            f"p50 {statistics.median(latencies):.0f} ms, p99 {pct(latencies, 99):.0f} ms"
+            f"PVC created -> Bound, {args.sequential} one after the other (watch events: ADDED -> phase Bound): "
+            f"p50 {statistics.median(latencies):.0f} ms, p90 {pct(latencies, 90):.0f} ms, "
+            f"p99 {pct(latencies, 99):.0f} ms"
         )
-        print(f"{args.burst} PVCs created at once over three nodes: all Bound after {wall:.1f} s")
+        _print_phases(seq_phases)
+        print(
+            f"{args.burst} PVCs created at once over three nodes: all Bound {wall:.1f} s after the create call "
+            f"(last ADDED event {max(created[n] for n in burst) - t:.1f} s after it)"
+        )
+        _print_phases(burst_phases)
         n = args.sequential
         print(f"API requests per volume lifecycle (create -> bound -> delete), averaged over {n} volumes:")
         for component in ("controller", "agents", "provisioner-sidecar"):

@@ -56,9 +56,13 @@ class KubeCluster:
     driver: Driver | None = None
     metrics_port: int = 0
 
-    def start_kube_components(self) -> None:
+    def start_kube_components(self, *kcm_args: str) -> None:
+        """`kcm_args` go to kube-controller-manager (e.g. its client's --kube-api-qps; the default, 20, is what
+        paces a burst of claims through the PV controller)."""
         admin = self.api.identities["admin"].kubeconfig
-        self.procs += start_kube_components(self.tools, admin, self.workdir, KCM_CONTROLLERS, "--concurrent-gc-syncs=5")
+        self.procs += start_kube_components(
+            self.tools, admin, self.workdir, KCM_CONTROLLERS, "--concurrent-gc-syncs=5", *kcm_args
+        )
         # Volume snapshots: the cluster's add-on (CRDs and snapshot-controller), as a cluster operator installs it.
         self.procs.append(self.api.install_snapshot_addon(self.workdir))
 
