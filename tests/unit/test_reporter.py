@@ -365,3 +365,51 @@ async def test_a_new_block_device_a_replaced_disk_or_a_failing_read_trigger_a_re
         await until(world.store.wrote, lambda: world.store.devices()[GUID_A]["healthy"] is True)
 
     await with_run(world, body)
+
+
+def free_space(world: World, gib: int) -> None:
+    """A partition of /dev/sdb went: its free space is now `gib` GiB."""
+    world.inventory.disks[0] = disk("/dev/sdb", GUID_B, free=gib * GIB)
+
+
+async def test_space_freed_several_times_within_the_window_is_one_scan_and_one_write(world: World) -> None:
+    async def body(r: Running) -> None:
+        writes = world.store.writes
+        for gib in (6, 7, 8):
+            free_space(world, gib)
+            r.rep.refresh_soon(window=0.2)
+            await asyncio.sleep(0.03)
+        assert world.inventory.scans == 1, "scanned before the window was over"
+        await r.scans_reach(2)
+        await until(world.store.wrote, lambda: world.store.devices()[GUID_B]["free"] == str(8 * GIB))
+        await r.quiet(2)
+        assert world.store.writes == writes + 1
+
+    await with_run(world, body)
+
+
+async def test_a_refresh_started_after_a_request_serves_it(world: World) -> None:
+    async def body(r: Running) -> None:
+        free_space(world, 6)
+        r.rep.refresh_soon(window=3600)
+        await r.rep.refresh()  # a volume created meanwhile: its awaited scan also covers the freed space
+        assert world.store.devices()[GUID_B]["free"] == str(6 * GIB)
+        await r.quiet(2)
+
+    await with_run(world, body)
+
+
+async def test_a_request_made_during_a_scan_gets_a_scan_of_its_own(world: World) -> None:
+    async def body(r: Running) -> None:
+        gate = world.inventory.gate = asyncio.Event()
+        created = asyncio.create_task(r.rep.refresh())
+        await r.scans_reach(2)
+        free_space(world, 6)  # after that scan read the disks: it cannot show this
+        r.rep.refresh_soon(window=0.05)
+        gate.set()
+        await asyncio.wait_for(created, 5)
+        await r.scans_reach(3)
+        await until(world.store.wrote, lambda: world.store.devices()[GUID_B]["free"] == str(6 * GIB))
+        await r.quiet(3)
+
+    await with_run(world, body)
