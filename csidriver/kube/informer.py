@@ -56,7 +56,10 @@ class Informer:
         field_selector: str | None = None,
         page_size: int = 500,
         watch_seconds: int = 600,
+        keep_objects: bool = True,
     ) -> None:
+        """keep_objects=False: the informer remembers only each object's resourceVersion (for its consumer, which
+        keeps its own compact form); `cache` stays empty and handlers always get old=None."""
         self._api = api
         self._target = target  # the collection's path
         self._what = what
@@ -69,6 +72,8 @@ class Informer:
         self._watch_seconds = watch_seconds
         self._handlers: list[Handler] = []
         self.cache: dict[str, Obj] = {}
+        self._keep = keep_objects
+        self._versions: dict[str, str] = {}  # name -> resourceVersion, when objects are not kept
         self.synced = asyncio.Event()
         self._resume = ""  # resourceVersion of the last event or bookmark delivered by the current watch
 
@@ -83,7 +88,12 @@ class Informer:
                 log.exception("informer %s: handler failed for %s", self._what, name)
 
     async def _list(self) -> str:
+        """List every page, then deliver what changed against what was known: each object whose version differs,
+        and a deletion for each known object the list no longer holds. An informer that keeps objects changes its
+        cache and calls its handlers once the last page is in; one that keeps none delivers each page as it comes,
+        so it never holds more than one page of objects (deletions still wait for the last page)."""
         fresh: dict[str, Obj] = {}
+        seen: set[str] = set()
         cont: str | None = None
         rv = ""
         while True:
@@ -93,13 +103,32 @@ class Informer:
             else:
                 params["resourceVersion"] = "0"
             page = await self._api.get(self._target, **params)
-            for obj in page.get("items") or ():
-                fresh[_name(obj)] = _slim(obj)
+            items = page.pop("items", None) or []
             meta = page.get("metadata") or {}
             rv = str(meta.get("resourceVersion", rv))
             cont = meta.get("continue")
+            del page
+            if self._keep:
+                for obj in items:
+                    fresh[_name(obj)] = _slim(obj)
+            else:
+                items.reverse()
+                while items:  # one at a time: a delivered object is freed before the next is read
+                    obj = _slim(items.pop())
+                    name = _name(obj)
+                    seen.add(name)
+                    version = str(obj["metadata"].get("resourceVersion", ""))
+                    if self._versions.get(name) != version:
+                        self._versions[name] = version
+                        self._emit(name, None, obj)
+                    del obj
             if not cont:
                 break
+        if not self._keep:
+            for name in [name for name in self._versions if name not in seen]:
+                del self._versions[name]
+                self._emit(name, None, None)
+            return rv
         old = dict(self.cache)
         self.cache.clear()  # in place: readers hold a reference to this dict
         self.cache.update(fresh)
@@ -114,6 +143,14 @@ class Informer:
     def _apply(self, kind: str, obj: Obj) -> None:
         obj = _slim(obj)
         name = _name(obj)
+        if not self._keep:
+            if kind == "DELETED":
+                self._versions.pop(name, None)
+                self._emit(name, None, None)
+            else:
+                self._versions[name] = str(obj["metadata"].get("resourceVersion", ""))
+                self._emit(name, None, obj)
+            return
         prev = self.cache.get(name)
         if kind == "DELETED":
             self.cache.pop(name, None)

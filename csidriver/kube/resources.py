@@ -88,17 +88,27 @@ class Kube:
     def _ours(self, plural: str, name: str | None = None, version: str = "") -> str:
         return path(c.GROUP, version or self.version, plural, self.namespace, name)
 
-    def heartbeat_informer(self) -> Informer:
+    # An informer made with keep_objects=False caches no objects (its consumer keeps its own compact form): the
+    # controller's informers, which hold every object of the cluster, are made so.
+    def heartbeat_informer(self, *, keep_objects: bool = True) -> Informer:
         """The agents' heartbeat Leases of the namespace (server-side filtered by their label)."""
         leases = path("coordination.k8s.io", "v1", "leases", self.namespace)
-        return Informer(self.api, leases, what="heartbeats", label_selector=c.HEARTBEAT_LABEL)
+        return Informer(
+            self.api, leases, what="heartbeats", label_selector=c.HEARTBEAT_LABEL, keep_objects=keep_objects
+        )
 
-    def volume_informer(self, node: str | None = None) -> Informer:
+    def volume_informer(self, node: str | None = None, *, keep_objects: bool = True) -> Informer:
         """All volumes of the namespace, or (server-side filtered) only those owned by `node`. The filter is the
         CRD's selectable field spec.ownerNodeID, not the node label, which objects the original's controller
         created lack."""
         selector = f"spec.ownerNodeID={node}" if node else None
-        return Informer(self.api, self._ours(c.VOLUME_PLURAL), what="devicevolumes", field_selector=selector)
+        return Informer(
+            self.api,
+            self._ours(c.VOLUME_PLURAL),
+            what="devicevolumes",
+            field_selector=selector,
+            keep_objects=keep_objects,
+        )
 
     def node_informer(self, name: str | None = None) -> Informer:
         """All DeviceNodes, or (server-side filtered) only the one called `name`."""
@@ -220,11 +230,11 @@ class Kube:
         return list(page.get("items") or [])
 
     # -- DeviceSnapshot -----------------------------------------------------------------------------------
-    def snapshot_informer(self, node: str | None = None) -> Informer:
+    def snapshot_informer(self, node: str | None = None, *, keep_objects: bool = True) -> Informer:
         """All snapshots of the namespace, or (server-side filtered) only those on `node`."""
         selector = f"spec.ownerNodeID={node}" if node else None
         snapshots = self._ours(c.SNAPSHOT_PLURAL, version=c.VERSION)
-        return Informer(self.api, snapshots, what="devicesnapshots", field_selector=selector)
+        return Informer(self.api, snapshots, what="devicesnapshots", field_selector=selector, keep_objects=keep_objects)
 
     async def get_snapshot(self, name: str) -> Obj | None:
         got: Obj | None = await self._call("GET", c.SNAPSHOT_PLURAL, name, absent_ok=True, version=c.VERSION)

@@ -154,10 +154,18 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 
 @contextlib.asynccontextmanager
-async def running() -> AsyncIterator[tuple[FakeServer, Informer, Seen]]:
+async def running(*, keep_objects: bool = True) -> AsyncIterator[tuple[FakeServer, Informer, Seen]]:
     """An Informer with selectors and pages of two, on a fake server, running until the block ends."""
     server = FakeServer()
-    inf = Informer(server, TARGET, what="devicevolumes", label_selector=LABELS, field_selector=FIELDS, page_size=2)
+    inf = Informer(
+        server,
+        TARGET,
+        what="devicevolumes",
+        label_selector=LABELS,
+        field_selector=FIELDS,
+        page_size=2,
+        keep_objects=keep_objects,
+    )
     seen = Seen()
 
     def handler(name: str, old: Obj | None, new: Obj | None) -> None:
@@ -290,3 +298,40 @@ async def test_the_cache_keeps_no_managed_fields(sleeps: list[float]) -> None:
         await server.caught_up()
         assert inf.cache == {"a": obj("a", "1"), "b": obj("b", "2", x=1)}
         assert all("managedFields" not in new["metadata"] for _, _, new in seen.take() if new is not None)
+
+
+async def test_an_informer_keeping_no_objects_delivers_page_by_page_and_only_what_changed(sleeps: list[float]) -> None:
+    """The controller's informers keep no objects (ClusterState keeps its own compact form): only each object's
+    version is remembered, handlers get old=None, a list's pages are delivered as they come, and a relist delivers
+    what changed and the deletions, after its last page."""
+    async with running(keep_objects=False) as (server, inf, seen):
+        a1, b2, c3 = obj("a", "1"), obj("b", "2"), obj("c", "3")
+        server.push(Page([a1, b2], rv="", cont="token-1"))
+        await server.caught_up()
+        assert seen.take() == [("a", None, a1), ("b", None, b2)]
+        assert not inf.synced.is_set()
+        server.push(Page([c3], rv="10"))
+        await server.caught_up()
+        assert inf.synced.is_set() and seen.take() == [("c", None, c3)]
+        assert inf.cache == {} and seen.cache_at_call == [None, None, None]
+
+        a11 = obj("a", "11", size=2)
+        server.push(Stream([event("MODIFIED", a11), event("DELETED", obj("b", "12")), bookmark("20")]))
+        await server.caught_up()
+        assert seen.take() == [("a", None, a11), ("b", None, None)]
+
+        # A relist after 410: a (unchanged) is not delivered again, c changed, d is new; nothing was deleted.
+        c30, d31 = obj("c", "30"), obj("d", "31")
+        server.push(Stream([gone()]), Page([a11, c30], rv="", cont="token-2"))
+        await server.caught_up()
+        assert seen.take() == [("c", None, c30)]
+        server.push(Page([d31], rv="40"))
+        await server.caught_up()
+        assert seen.take() == [("d", None, d31)]
+
+        # Another: the deletions of what the list lacks come after its last page.
+        server.push(Stream([gone()]), Page([d31], rv="50"))
+        await server.caught_up()
+        assert sorted(seen.take(), key=lambda c: c[0]) == [("a", None, None), ("c", None, None)]
+        assert inf.cache == {} and server.watches()[-1]["resourceVersion"] == "50"
+        assert sleeps == []
