@@ -47,7 +47,8 @@ for r in json.load(sys.stdin).get("Replace") or []:
     go mod edit -require "k8s.io/kubernetes@$KUBERNETES_VERSION"
     go mod tidy >/dev/null 2>&1 || true
     local pkgs=()
-    for c in "${missing[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
+    # each at the pinned version: a package path without one is resolved to the newest release the proxy serves
+    for c in "${missing[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c@$KUBERNETES_VERSION"); done
     go get "${pkgs[@]}" >&2
     local ld="-s -w -X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION"
     ld+=" -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"

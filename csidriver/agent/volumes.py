@@ -475,7 +475,9 @@ class VolumeReconciler:
                 await self._kube.record_event(raw, c.VOLUME_KIND, "Warning", "DeleteBlocked", str(e))
                 await self._not_released(vol, c.RELEASE_IN_USE, f"node {self._node}: {e}")
                 raise Retry(str(e)) from e
-            await self._reporter.refresh()
+            # Space freed: the DeviceNode may show it a moment later (conservative for the controller), and the
+            # scans of deletions close together share one DeviceNode write.
+            self._reporter.refresh_soon()
         elif vol.placement.disk_guid and vol.placement.disk_guid not in {d.guid for d in self._reporter.disks}:
             msg = (
                 f"disk {vol.placement.disk_guid} ({vol.placement.disk_path}) holding this volume is not present "

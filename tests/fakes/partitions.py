@@ -220,6 +220,7 @@ class FakeInventory:
         self._parts = parts
         self.gone: set[str] = set()  # disk paths whose disk vanished
         self.refreshes = 0
+        self.soon = 0  # refresh_soon requests
 
     @property
     def disks(self) -> Sequence[PoolDisk]:
@@ -228,3 +229,6 @@ class FakeInventory:
     async def refresh(self) -> Sequence[PoolDisk]:
         self.refreshes += 1
         return self.disks
+
+    def refresh_soon(self) -> None:
+        self.soon += 1
