@@ -80,6 +80,7 @@ class _Beat:
 
 # Allowed difference between a node's clock and ours, when judging a Lease seen for the first time by its renewTime.
 CLOCK_SKEW = 5.0
+DELETED_MEMORY = 4096  # volume deletions remembered (seen_deleted): enough for the deletions of a burst in flight
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ class ClusterState:
         self._load: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])  # (node,pool) -> bytes, count
         self._pending: dict[str, dict[str, Reservation]] = defaultdict(dict)  # node -> volume -> reservation
         self._reserved: dict[str, Reservation] = {}  # volume -> reservation made here, not yet in the cache
+        self._deleted: dict[str, None] = {}  # volumes whose deletion the watch delivered, oldest first (bounded)
         self._states: dict[str, NodeState] = {}  # scheduler snapshots of every node, rebuilt when dirty
         self._dirty: set[str] = set()
         self._volume_waiters: Waiters[DeviceVolume] = Waiters(self.volumes)
@@ -120,7 +122,17 @@ class ClusterState:
             self.volumes[name] = vol
             self._account(vol, +1)
             self._reserved.pop(name, None)
+            self._deleted.pop(name, None)
+        elif prev is not None:
+            self._deleted[name] = None
+            if len(self._deleted) > DELETED_MEMORY:
+                del self._deleted[next(iter(self._deleted))]
         self._volume_waiters.wake(name, vol)
+
+    def seen_deleted(self, name: str) -> bool:
+        """True if the watch delivered this volume's deletion and nothing of that name was seen or reserved since:
+        a DeleteVolume repeated after the object went (csi-provisioner often sends two) needs no request."""
+        return name in self._deleted and name not in self.volumes and name not in self._reserved
 
     def on_snapshot(self, name: str, _old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> None:
         snap = snapshot_from_dict(new) if new is not None else None
@@ -203,6 +215,7 @@ class ClusterState:
     # -- reservations made by CreateVolume before the object exists ------------------------------------------
     def reserve(self, name: str, node: str, pool: str, size: int) -> None:
         self._reserved[name] = Reservation(node, pool, size)
+        self._deleted.pop(name, None)
         self._dirty.add(node)
 
     def release(self, name: str) -> None:

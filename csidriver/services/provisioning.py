@@ -410,7 +410,11 @@ class Provisioner:
             raise InvalidArgument("volume_id must not be empty")
         if not naming.is_valid_volume_id(volume_id):
             return  # no object can carry this name: it does not exist, and deleting nothing succeeds
-        await self._store.delete_volume(volume_id)  # deleting an absent volume succeeds: no read first
+        if self._cluster.seen_deleted(volume_id):
+            return  # its deletion was delivered by the watch: a repeated call
+        known = self._cluster.volumes.get(volume_id)
+        if known is None or not known.deleting:  # an object being deleted stays so: no second request
+            await self._store.delete_volume(volume_id)  # deleting an absent volume succeeds: no read first
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
         while True:

@@ -30,6 +30,7 @@ class FakeStore:
         self.objects: dict[str, dict[str, Any]] = {}
         self.free = dict(free)  # node -> bytes left on its single disk
         self.creates = 0
+        self.deletes = 0
         self.labels: dict[str, dict[str, str]] = {}
         self.snapshots: dict[str, dict[str, Any]] = {}
 
@@ -76,6 +77,7 @@ class FakeStore:
         return self.snapshots.get(name)
 
     async def delete_volume(self, name: str, resource_version: str = "") -> bool:
+        self.deletes += 1
         obj = self.objects.get(name)
         if obj is not None and resource_version and obj["metadata"].get("resourceVersion") != resource_version:
             return False
@@ -129,6 +131,40 @@ async def test_idempotent_and_conflicting_names(env: tuple[Provisioner, FakeStor
     assert a == b and store.creates == 1
     with pytest.raises(AlreadyExists):
         await prov.create(request("pvc-x", 20 * MIB))
+
+
+async def test_a_repeated_delete_after_the_watch_saw_the_volume_go_sends_no_request(
+    env: tuple[Provisioner, FakeStore],
+) -> None:
+    prov, store = env
+    await prov.create(request("pvc-x", 10 * MIB))
+    await prov.delete("pvc-x")
+    assert store.deletes == 1 and "pvc-x" not in store.objects
+    await prov.delete("pvc-x")  # csi-provisioner's second call: the deletion was delivered, nothing to send
+    assert store.deletes == 1
+    # A name never seen is deleted on the API server (the cache may lag): absent there, it succeeds.
+    await prov.delete("pvc-never-seen")
+    assert store.deletes == 2
+    # The same name made again is a volume again: its deletion is sent.
+    await prov.create(request("pvc-x", 10 * MIB))
+    await prov.delete("pvc-x")
+    assert store.deletes == 3 and "pvc-x" not in store.objects
+
+
+async def test_a_delete_of_a_volume_already_being_deleted_waits_without_a_request(
+    env: tuple[Provisioner, FakeStore],
+) -> None:
+    prov, store = env
+    await prov.create(request("pvc-y", 10 * MIB))
+    # The first DeleteVolume's request made it terminating; the agent has not removed its finalizer yet.
+    await store.patch_volume("pvc-y", {"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}})
+    second = asyncio.create_task(prov.delete("pvc-y"))
+    await asyncio.sleep(0.05)
+    assert not second.done() and store.deletes == 0
+    obj = store.objects.pop("pvc-y")
+    store.cluster.on_volume("pvc-y", obj, None)  # the agent finished: the object went
+    await asyncio.wait_for(second, 1)
+    assert store.deletes == 0
 
 
 async def test_topology(env: tuple[Provisioner, FakeStore]) -> None:
