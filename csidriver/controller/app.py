@@ -40,12 +40,12 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     api = await make_api_client(settings.kubeconfig, settings.kube_qps, settings.kube_burst)
     kube = Kube(api, settings.namespace, "device-localpv-controller")
     cluster = ClusterState()
-    # ClusterState keeps its own compact form of each object: the informers keep none, except the nodes', whose
-    # previous state DiskFailureEvents compares with.
-    volumes = kube.volume_informer(keep_objects=False)
-    nodes = kube.node_informer()
-    heartbeats = kube.heartbeat_informer(keep_objects=False)
-    snapshots = kube.snapshot_informer(keep_objects=False)
+    # Every object of the cluster, listed in pages. ClusterState keeps its own compact form of each: the informers
+    # keep none, except the nodes', whose previous state DiskFailureEvents compares with.
+    volumes = kube.volume_informer(keep_objects=False, list_from_cache=False)
+    nodes = kube.node_informer(list_from_cache=False)
+    heartbeats = kube.heartbeat_informer(keep_objects=False, list_from_cache=False)
+    snapshots = kube.snapshot_informer(keep_objects=False, list_from_cache=False)
     volumes.subscribe(cluster.on_volume)
     nodes.subscribe(cluster.on_node)
     heartbeats.subscribe(cluster.on_heartbeat)

@@ -1,8 +1,10 @@
 """List once, then watch from that version: the local cache every read in a hot path comes from.
 
-List with resourceVersion=0 (served from the API server's cache, paginated when it honours limit), watch with
-bookmarks, relist only on 410 Gone, reconnect with jittered exponential backoff. Handlers run synchronously on
-every change and must be quick (enqueue, resolve a future).
+List with resourceVersion=0 (served whole from the API server's watch cache, which ignores limit there), or, for a
+big collection read unfiltered, a consistent list in pages (list_from_cache=False: never one response of every
+object; servers from 1.31 serve it from their cache too); watch with bookmarks, relist only on 410 Gone, reconnect
+with jittered exponential backoff. Handlers run synchronously on every change and must be quick (enqueue, resolve a
+future).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class Informer:
         page_size: int = 500,
         watch_seconds: int = 600,
         keep_objects: bool = True,
+        list_from_cache: bool = True,
     ) -> None:
         """keep_objects=False: the informer remembers only each object's resourceVersion (for its consumer, which
         keeps its own compact form); `cache` stays empty and handlers always get old=None."""
@@ -73,6 +76,7 @@ class Informer:
         self._handlers: list[Handler] = []
         self.cache: dict[str, Obj] = {}
         self._keep = keep_objects
+        self._from_cache = list_from_cache
         self._versions: dict[str, str] = {}  # name -> resourceVersion, when objects are not kept
         self.synced = asyncio.Event()
         self._resume = ""  # resourceVersion of the last event or bookmark delivered by the current watch
@@ -100,7 +104,7 @@ class Informer:
             params: dict[str, Any] = dict(self._selectors, limit=self._page)
             if cont:
                 params["continue"] = cont
-            else:
+            elif self._from_cache:
                 params["resourceVersion"] = "0"
             page = await self._api.get(self._target, **params)
             items = page.pop("items", None) or []

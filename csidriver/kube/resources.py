@@ -88,16 +88,25 @@ class Kube:
     def _ours(self, plural: str, name: str | None = None, version: str = "") -> str:
         return path(c.GROUP, version or self.version, plural, self.namespace, name)
 
-    # An informer made with keep_objects=False caches no objects (its consumer keeps its own compact form): the
-    # controller's informers, which hold every object of the cluster, are made so.
-    def heartbeat_informer(self, *, keep_objects: bool = True) -> Informer:
+    # The controller's informers read every object of the cluster: they list in pages rather than in one response
+    # from the API server's cache (list_from_cache=False), and those whose consumer keeps its own compact form cache
+    # no objects (keep_objects=False). An agent's lists, filtered to its node, stay lists from the cache: small, and
+    # they spare etcd (on servers before 1.31) a scan of every object per node when all agents start at once.
+    def heartbeat_informer(self, *, keep_objects: bool = True, list_from_cache: bool = True) -> Informer:
         """The agents' heartbeat Leases of the namespace (server-side filtered by their label)."""
         leases = path("coordination.k8s.io", "v1", "leases", self.namespace)
         return Informer(
-            self.api, leases, what="heartbeats", label_selector=c.HEARTBEAT_LABEL, keep_objects=keep_objects
+            self.api,
+            leases,
+            what="heartbeats",
+            label_selector=c.HEARTBEAT_LABEL,
+            keep_objects=keep_objects,
+            list_from_cache=list_from_cache,
         )
 
-    def volume_informer(self, node: str | None = None, *, keep_objects: bool = True) -> Informer:
+    def volume_informer(
+        self, node: str | None = None, *, keep_objects: bool = True, list_from_cache: bool = True
+    ) -> Informer:
         """All volumes of the namespace, or (server-side filtered) only those owned by `node`. The filter is the
         CRD's selectable field spec.ownerNodeID, not the node label, which objects the original's controller
         created lack."""
@@ -108,12 +117,19 @@ class Kube:
             what="devicevolumes",
             field_selector=selector,
             keep_objects=keep_objects,
+            list_from_cache=list_from_cache,
         )
 
-    def node_informer(self, name: str | None = None) -> Informer:
+    def node_informer(self, name: str | None = None, *, list_from_cache: bool = True) -> Informer:
         """All DeviceNodes, or (server-side filtered) only the one called `name`."""
         selector = f"metadata.name={name}" if name else None
-        return Informer(self.api, self._ours(c.NODE_PLURAL), what="devicenodes", field_selector=selector)
+        return Informer(
+            self.api,
+            self._ours(c.NODE_PLURAL),
+            what="devicenodes",
+            field_selector=selector,
+            list_from_cache=list_from_cache,
+        )
 
     async def _call(
         self,
@@ -230,11 +246,20 @@ class Kube:
         return list(page.get("items") or [])
 
     # -- DeviceSnapshot -----------------------------------------------------------------------------------
-    def snapshot_informer(self, node: str | None = None, *, keep_objects: bool = True) -> Informer:
+    def snapshot_informer(
+        self, node: str | None = None, *, keep_objects: bool = True, list_from_cache: bool = True
+    ) -> Informer:
         """All snapshots of the namespace, or (server-side filtered) only those on `node`."""
         selector = f"spec.ownerNodeID={node}" if node else None
         snapshots = self._ours(c.SNAPSHOT_PLURAL, version=c.VERSION)
-        return Informer(self.api, snapshots, what="devicesnapshots", field_selector=selector, keep_objects=keep_objects)
+        return Informer(
+            self.api,
+            snapshots,
+            what="devicesnapshots",
+            field_selector=selector,
+            keep_objects=keep_objects,
+            list_from_cache=list_from_cache,
+        )
 
     async def get_snapshot(self, name: str) -> Obj | None:
         got: Obj | None = await self._call("GET", c.SNAPSHOT_PLURAL, name, absent_ok=True, version=c.VERSION)

@@ -154,7 +154,9 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 
 @contextlib.asynccontextmanager
-async def running(*, keep_objects: bool = True) -> AsyncIterator[tuple[FakeServer, Informer, Seen]]:
+async def running(
+    *, keep_objects: bool = True, list_from_cache: bool = True
+) -> AsyncIterator[tuple[FakeServer, Informer, Seen]]:
     """An Informer with selectors and pages of two, on a fake server, running until the block ends."""
     server = FakeServer()
     inf = Informer(
@@ -165,6 +167,7 @@ async def running(*, keep_objects: bool = True) -> AsyncIterator[tuple[FakeServe
         field_selector=FIELDS,
         page_size=2,
         keep_objects=keep_objects,
+        list_from_cache=list_from_cache,
     )
     seen = Seen()
 
@@ -304,7 +307,7 @@ async def test_an_informer_keeping_no_objects_delivers_page_by_page_and_only_wha
     """The controller's informers keep no objects (ClusterState keeps its own compact form): only each object's
     version is remembered, handlers get old=None, a list's pages are delivered as they come, and a relist delivers
     what changed and the deletions, after its last page."""
-    async with running(keep_objects=False) as (server, inf, seen):
+    async with running(keep_objects=False, list_from_cache=False) as (server, inf, seen):
         a1, b2, c3 = obj("a", "1"), obj("b", "2"), obj("c", "3")
         server.push(Page([a1, b2], rv="", cont="token-1"))
         await server.caught_up()
@@ -314,6 +317,9 @@ async def test_an_informer_keeping_no_objects_delivers_page_by_page_and_only_wha
         await server.caught_up()
         assert inf.synced.is_set() and seen.take() == [("c", None, c3)]
         assert inf.cache == {} and seen.cache_at_call == [None, None, None]
+        # Not from the API server's cache, which would answer every object at once whatever the limit: a
+        # consistent list in pages.
+        assert server.lists() == [dict(SELECTORS, limit=2), dict(SELECTORS, limit=2, **{"continue": "token-1"})]
 
         a11 = obj("a", "11", size=2)
         server.push(Stream([event("MODIFIED", a11), event("DELETED", obj("b", "12")), bookmark("20")]))
