@@ -30,6 +30,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bench.scheduler_scale import node_obj
+from csidriver.api import constants as c
+from csidriver.api import naming
 from harness.apiserver import ApiServer
 from harness.driver import Driver, Process
 from harness.tools import tools
@@ -49,7 +51,7 @@ def volume(i: int, nodes: int) -> tuple[dict[str, Any], dict[str, Any]]:
             "name": name,
             "namespace": "openebs",
             "labels": {"kubernetes.io/nodename": node},
-            "finalizers": ["local.openebs.io/finalizer"],
+            "finalizers": [c.FINALIZER],
         },
         "spec": {"capacity": str((1 + i % 50) * GIB), "devname": "ssd", "ownerNodeID": node},
     }
@@ -59,11 +61,20 @@ def volume(i: int, nodes: int) -> tuple[dict[str, Any], dict[str, Any]]:
             "state": "Ready",
             "diskGUID": str(uuid.UUID(int=(i % nodes) * 4)).upper(),
             "diskPath": "/dev/nvme0n1",
-            "partitionName": str(uuid.uuid5(uuid.NAMESPACE_URL, name)),
+            "partitionName": naming.partition_name(name),
             "partitionUUID": str(uuid.uuid4()).upper(),
             "partitionNumber": number,
             "devicePath": f"/dev/nvme0n1p{number}",
             "capacityBytes": (1 + i % 50) * GIB,
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True",
+                    "reason": "Provisioned",
+                    "message": f"node {node}: partition /dev/nvme0n1p{number} ({(1 + i % 50) * GIB} bytes)",
+                    "lastTransitionTime": "2026-12-07T19:00:00Z",
+                }
+            ],
         }
     }
     return body, status

@@ -69,6 +69,15 @@ def _shared(raw: object) -> str:
     return sys.intern(str(raw)) if raw else ""
 
 
+_OURS = (c.FINALIZER,)
+
+
+def _finalizers(raw: object) -> tuple[str, ...]:
+    """Finalizer names (interned; the common case, ours alone, is one shared tuple)."""
+    names = tuple(_shared(f) for f in raw) if isinstance(raw, list | tuple) else ()
+    return _OURS if names == _OURS else names
+
+
 def _state(raw: object) -> State:
     try:
         return State(raw)
@@ -90,7 +99,7 @@ def volume_from_dict(obj: Mapping[str, Any]) -> DeviceVolume:
         error_code=code,
         error_message=message,
         placement=_placement(status),
-        finalizers=tuple(meta.get("finalizers") or ()),
+        finalizers=_finalizers(meta.get("finalizers")),
         deleting=bool(meta.get("deletionTimestamp")),
         resource_version=meta.get("resourceVersion", ""),
         labels=_mapping(meta.get("labels")),
@@ -166,7 +175,7 @@ def snapshot_from_dict(obj: Mapping[str, Any]) -> DeviceSnapshot:
         error_code=code,
         error_message=message,
         placement=_placement(status),
-        finalizers=tuple(meta.get("finalizers") or ()),
+        finalizers=_finalizers(meta.get("finalizers")),
         deleting=bool(meta.get("deletionTimestamp")),
         resource_version=str(meta.get("resourceVersion", "")),
         annotations=_mapping(meta.get("annotations")),

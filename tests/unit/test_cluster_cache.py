@@ -1,0 +1,62 @@
+"""ClusterState keeps a compact form of each volume (the controller caches every volume of the cluster): what the
+controller never reads is dropped, what it acts on is kept."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from csidriver.api import constants as c
+from csidriver.api import naming
+from csidriver.api.objects import State, volume_from_dict
+from csidriver.services.cluster import ClusterState, cached_volume
+
+
+def ready(name: str, *conditions: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "resourceVersion": "7",
+            "labels": {"kubernetes.io/nodename": "n1"},
+            "finalizers": [c.FINALIZER],
+        },
+        "spec": {"capacity": str(1 << 30), "devname": "ssd", "ownerNodeID": "n1"},
+        "status": {
+            "state": "Ready",
+            "diskGUID": "0FC63DAF-8483-4772-8E79-3D69D8477DE4",
+            "diskPath": "/dev/nvme0n1",
+            "partitionName": naming.partition_name(name),
+            "partitionUUID": "6A1B0F36-61A4-4C7E-9B8D-3A1C1E1D2F3A",
+            "partitionNumber": 3,
+            "devicePath": "/dev/nvme0n1p3",
+            "conditions": list(conditions),
+        },
+    }
+
+
+def cond(kind: str, status: str, message: str = "m") -> dict[str, Any]:
+    return {"type": kind, "status": status, "reason": "R", "message": message, "lastTransitionTime": "t"}
+
+
+def test_what_the_controller_reads_is_kept_and_the_rest_dropped() -> None:
+    name = "pvc-0b5d6c1e-6d43-4a3b-9d5e-2f1a0c9e8b7d"
+    blocked = cond(c.RELEASED_CONDITION, "False", "partition is mounted")
+    vol = cached_volume(volume_from_dict(ready(name, cond("Ready", "True"), blocked)))
+    assert (vol.name, vol.owner_node, vol.pool, vol.capacity, vol.state) == (name, "n1", "ssd", 1 << 30, State.READY)
+    assert vol.resource_version == "7" and vol.finalizers == (c.FINALIZER,)
+    assert vol.conditions == (blocked,)  # False conditions are what the controller acts on
+    p = vol.placement
+    assert (p.disk_guid, p.disk_path, p.partition_number, p.device_path) == (
+        "0FC63DAF-8483-4772-8E79-3D69D8477DE4",
+        "/dev/nvme0n1",
+        3,
+        "/dev/nvme0n1p3",
+    )
+    assert (p.partition_name, p.partition_uuid, dict(vol.labels)) == ("", "", {})
+
+
+def test_the_cluster_state_holds_the_compact_form() -> None:
+    cluster = ClusterState()
+    name = "pvc-0b5d6c1e-6d43-4a3b-9d5e-2f1a0c9e8b7d"
+    cluster.on_volume(name, None, ready(name, cond("Ready", "True")))
+    vol = cluster.volumes[name]
+    assert vol.conditions == () and vol.placement.partition_uuid == "" and not vol.labels
