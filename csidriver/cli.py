@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from csidriver.allocator import limit_arenas
 from csidriver.config import Role, Settings, SettingsError, from_process
 
 
@@ -44,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    limit_arenas()  # before any thread starts
     asyncio.run(_run(settings))
     return 0
 

@@ -1,0 +1,28 @@
+"""The C allocator of the process: at most two malloc arenas.
+
+glibc gives a thread its own arena (up to 8 per CPU) when it meets another in malloc; gRPC's event-engine, timer and
+lifeguard threads and asyncio's executor threads each took one, about 1 MiB resident apiece in a process that
+allocates little outside Python's own allocator. Set before any thread starts. A MALLOC_ARENA_MAX in the
+environment (read by glibc itself) is left to win; on a C library without mallopt this does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+M_ARENA_MAX = -8  # glibc's mallopt parameter number
+ARENAS = 2
+
+
+def limit_arenas(count: int = ARENAS) -> bool:
+    """True if the limit was set."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(M_ARENA_MAX, count))
