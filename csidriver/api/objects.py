@@ -85,11 +85,18 @@ def _state(raw: object) -> State:
         return State.PENDING
 
 
-def volume_from_dict(obj: Mapping[str, Any]) -> DeviceVolume:
+def volume_from_dict(obj: Mapping[str, Any], *, compact: bool = False) -> DeviceVolume:
+    """The volume in an API object. `compact`: the form the controller caches (100,000 and more of them), without
+    what it never reads: labels, the partition's GPT name and UUID (the agent's business; ListVolumes shows the device
+    path) and the conditions whose status is True (the controller acts only on False ones: a failure, a refusal, a
+    blocked deletion, a partition not located)."""
     meta = obj.get("metadata") or {}
     spec = obj.get("spec") or {}
     status = obj.get("status") or {}
     code, message = _error(status)
+    conditions = tuple(status.get("conditions") or ())
+    if compact and conditions:
+        conditions = tuple(c for c in conditions if not isinstance(c, Mapping) or c.get("status") != "True")
     return DeviceVolume(
         name=meta.get("name", ""),
         owner_node=_shared(spec.get("ownerNodeID")),
@@ -98,13 +105,13 @@ def volume_from_dict(obj: Mapping[str, Any]) -> DeviceVolume:
         state=_state(status.get("state")),
         error_code=code,
         error_message=message,
-        placement=_placement(status),
+        placement=_placement(status, compact),
         finalizers=_finalizers(meta.get("finalizers")),
         deleting=bool(meta.get("deletionTimestamp")),
         resource_version=meta.get("resourceVersion", ""),
-        labels=_mapping(meta.get("labels")),
+        labels=_NOTHING if compact else _mapping(meta.get("labels")),
         annotations=_mapping(meta.get("annotations")),
-        conditions=tuple(status.get("conditions") or ()),
+        conditions=conditions,
         generation=_whole(meta.get("generation")) or 0,
         capacity_bytes=_whole(status.get("capacityBytes")),
     )
@@ -146,14 +153,14 @@ _UNPLACED = Placement()
 _PLACEMENT_KEYS = ("diskGUID", "diskPath", "partitionName", "partitionUUID", "partitionNumber", "devicePath")
 
 
-def _placement(status: Mapping[str, Any]) -> Placement:
+def _placement(status: Mapping[str, Any], compact: bool = False) -> Placement:
     if not any(status.get(k) for k in _PLACEMENT_KEYS):
         return _UNPLACED  # not carved yet (or an original driver's object): one shared empty Placement
     return Placement(
         disk_guid=_shared(status.get("diskGUID")),
         disk_path=_shared(status.get("diskPath")),
-        partition_name=status.get("partitionName", ""),
-        partition_uuid=status.get("partitionUUID", ""),
+        partition_name="" if compact else status.get("partitionName", ""),
+        partition_uuid="" if compact else status.get("partitionUUID", ""),
         partition_number=_whole(status.get("partitionNumber")) or 0,
         device_path=status.get("devicePath", ""),
     )

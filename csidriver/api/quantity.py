@@ -33,6 +33,8 @@ def parse_quantity(value: object) -> int:
     if isinstance(value, int):
         return value
     text = str(value).strip()
+    if len(text) <= 18 and text.isascii() and text.isdigit():
+        return int(text)  # plain bytes, as the driver writes them: no suffix, no fraction
     m = _QUANTITY.fullmatch(text)
     if not m:
         raise ValueError(f"not a quantity: {value!r}")

@@ -13,8 +13,7 @@ import datetime
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
-from types import MappingProxyType
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from csidriver.api import naming
@@ -72,23 +71,6 @@ class Waiters(Generic[T]):
                 fut.cancel()
 
 
-_NO_LABELS: Mapping[str, str] = MappingProxyType({})  # shared by every cached volume
-
-
-def cached_volume(vol: DeviceVolume) -> DeviceVolume:
-    """The form of a volume this cache holds (100,000 and more of them): without what the controller never reads,
-    its labels, the partition's GPT name and UUID (the agent's business; ListVolumes shows the device path), and its
-    conditions whose status is True (the controller acts only on False ones: a failure, a refusal, a blocked
-    deletion, a partition not located)."""
-    conditions = tuple(cond for cond in vol.conditions if cond.get("status") != "True")
-    placement = vol.placement
-    if placement.partition_name or placement.partition_uuid:
-        placement = replace(placement, partition_name="", partition_uuid="")
-    if not vol.labels and conditions == vol.conditions and placement is vol.placement:
-        return vol
-    return replace(vol, labels=_NO_LABELS, conditions=conditions, placement=placement)
-
-
 @dataclass(frozen=True)
 class _Beat:
     stamp: str  # the Lease's renewTime as last seen
@@ -135,7 +117,7 @@ class ClusterState:
         prev = self.volumes.pop(name, None)
         if prev is not None:
             self._account(prev, -1)
-        vol = cached_volume(volume_from_dict(new)) if new is not None else None
+        vol = volume_from_dict(new, compact=True) if new is not None else None
         if vol is not None:
             self.volumes[name] = vol
             self._account(vol, +1)

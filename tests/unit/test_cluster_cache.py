@@ -8,7 +8,7 @@ from typing import Any
 from csidriver.api import constants as c
 from csidriver.api import naming
 from csidriver.api.objects import State, volume_from_dict
-from csidriver.services.cluster import ClusterState, cached_volume
+from csidriver.services.cluster import ClusterState
 
 
 def ready(name: str, *conditions: dict[str, Any]) -> dict[str, Any]:
@@ -40,7 +40,7 @@ def cond(kind: str, status: str, message: str = "m") -> dict[str, Any]:
 def test_what_the_controller_reads_is_kept_and_the_rest_dropped() -> None:
     name = "pvc-0b5d6c1e-6d43-4a3b-9d5e-2f1a0c9e8b7d"
     blocked = cond(c.RELEASED_CONDITION, "False", "partition is mounted")
-    vol = cached_volume(volume_from_dict(ready(name, cond("Ready", "True"), blocked)))
+    vol = volume_from_dict(ready(name, cond("Ready", "True"), blocked), compact=True)
     assert (vol.name, vol.owner_node, vol.pool, vol.capacity, vol.state) == (name, "n1", "ssd", 1 << 30, State.READY)
     assert vol.resource_version == "7" and vol.finalizers == (c.FINALIZER,)
     assert vol.conditions == (blocked,)  # False conditions are what the controller acts on
