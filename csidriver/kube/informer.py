@@ -1,8 +1,9 @@
 """List once, then watch from that version: the local cache every read in a hot path comes from.
 
 List with resourceVersion=0 (served whole from the API server's watch cache, which ignores limit there), or, for a
-big collection read unfiltered, a consistent list in pages (list_from_cache=False: never one response of every
-object; servers from 1.31 serve it from their cache too); watch with bookmarks, relist only on 410 Gone, reconnect
+big collection read unfiltered (list_from_cache=False), never one response of every object: a streaming list (a watch
+with sendInitialEvents, served from the cache, one object per event, where the server offers it: v1.34 on, and 1.32)
+or else a consistent list in pages; watch with bookmarks, relist only on 410 Gone, reconnect
 with jittered exponential backoff. Handlers run synchronously on every change and must be quick (enqueue, resolve a
 future).
 """
@@ -31,6 +32,7 @@ class Source(Protocol):
 
 
 log = logging.getLogger(__name__)
+INITIAL_EVENTS_END = "k8s.io/initial-events-end"  # the annotation of the bookmark that ends a streaming list
 
 
 def _name(obj: Obj) -> str:
@@ -77,6 +79,7 @@ class Informer:
         self.cache: dict[str, Obj] = {}
         self._keep = keep_objects
         self._from_cache = list_from_cache
+        self._streaming = not list_from_cache  # until the server refuses a streaming list
         self._versions: dict[str, str] = {}  # name -> resourceVersion, when objects are not kept
         self.synced = asyncio.Event()
         self._resume = ""  # resourceVersion of the last event or bookmark delivered by the current watch
@@ -118,20 +121,11 @@ class Informer:
             else:
                 items.reverse()
                 while items:  # one at a time: a delivered object is freed before the next is read
-                    obj = _slim(items.pop())
-                    name = _name(obj)
-                    seen.add(name)
-                    version = str(obj["metadata"].get("resourceVersion", ""))
-                    if self._versions.get(name) != version:
-                        self._versions[name] = version
-                        self._emit(name, None, obj)
-                    del obj
+                    self._deliver(_slim(items.pop()), seen)
             if not cont:
                 break
         if not self._keep:
-            for name in [name for name in self._versions if name not in seen]:
-                del self._versions[name]
-                self._emit(name, None, None)
+            self._forget_unseen(seen)
             return rv
         old = dict(self.cache)
         self.cache.clear()  # in place: readers hold a reference to this dict
@@ -142,6 +136,76 @@ class Informer:
                 self._emit(name, prev, obj)
         for name in old.keys() - fresh.keys():
             self._emit(name, old[name], None)
+        return rv
+
+    def _deliver(self, obj: Obj, seen: set[str]) -> None:
+        """One object of a list (paged or streamed), delivered if its version differs from the one known."""
+        name = _name(obj)
+        seen.add(name)
+        version = str(obj["metadata"].get("resourceVersion", ""))
+        if self._keep:
+            prev = self.cache.get(name)
+            if prev is None or prev["metadata"].get("resourceVersion") != version:
+                self.cache[name] = obj
+                self._emit(name, prev, obj)
+        elif self._versions.get(name) != version:
+            self._versions[name] = version
+            self._emit(name, None, obj)
+
+    def _forget_unseen(self, seen: set[str]) -> None:
+        """After a whole list: a deletion for every known object it did not hold."""
+        if self._keep:
+            for name in [name for name in self.cache if name not in seen]:
+                self._emit(name, self.cache.pop(name), None)
+        else:
+            for name in [name for name in self._versions if name not in seen]:
+                del self._versions[name]
+                self._emit(name, None, None)
+
+    async def _stream(self) -> str:
+        """A streaming list: one watch (sendInitialEvents, resourceVersionMatch=NotOlderThan, no version: a
+        consistent read) whose ADDED events are the collection as it is, ended by a bookmark annotated
+        initial-events-end; then it goes on as any watch. Objects come one per event, so no response holds them all.
+        A stream that ends before its bookmark raises (the next try streams again; what was delivered is not
+        delivered twice unless it changed)."""
+        seen: set[str] = set()
+        listed = False
+        rv = ""
+        self._resume = ""
+        timeout = self._watch_seconds + random.randint(0, self._watch_seconds // 5)
+        async with (
+            asyncio.timeout(self._watch_seconds * 2),
+            self._api.watch(
+                self._target,
+                sendInitialEvents="true",
+                resourceVersionMatch="NotOlderThan",
+                allowWatchBookmarks=True,
+                timeoutSeconds=timeout,
+                **self._selectors,
+            ) as stream,
+        ):
+            async for event in stream:
+                kind = event["type"]
+                obj = event["object"]
+                meta = obj.get("metadata") or {}
+                rv = meta.get("resourceVersion", rv)
+                if listed:
+                    if kind in ("ADDED", "MODIFIED", "DELETED"):
+                        self._apply(kind, obj)
+                    self._resume = rv
+                elif kind == "BOOKMARK":
+                    if (meta.get("annotations") or {}).get(INITIAL_EVENTS_END) == "true":
+                        self._forget_unseen(seen)
+                        listed = True
+                        self.synced.set()
+                        self._resume = rv
+                elif kind in ("ADDED", "MODIFIED"):
+                    self._deliver(_slim(obj), seen)
+                elif kind == "DELETED":
+                    seen.discard(_name(obj))
+                    self._apply(kind, obj)
+        if not listed:
+            raise ConnectionError("the streaming list ended before its last object")
         return rv
 
     def _apply(self, kind: str, obj: Obj) -> None:
@@ -193,6 +257,18 @@ class Informer:
         rv: str | None = None
         while True:
             try:
+                if rv is None and self._streaming:
+                    try:
+                        rv = await self._stream()
+                    except ApiError as e:
+                        if e.status not in (400, 422) or self._resume:
+                            raise
+                        # v1.33 (its WatchList gate off by default) and servers before 1.32 refuse it as invalid
+                        log.info("informer %s: no streaming list here (%s), listing in pages", self._what, e.status)
+                        self._streaming = False
+                        continue
+                    backoff = 0.2
+                    continue
                 if rv is None:
                     rv = await self._list()
                     self.synced.set()
@@ -204,14 +280,15 @@ class Informer:
                 if e.status == 410:
                     log.info("informer %s: resource version expired, relisting", self._what)
                     rv = None
+                    self._resume = ""
                     continue
-                if rv is not None:
+                if rv is not None or self._resume:
                     rv = self._resume
                 log.warning("informer %s: API error %s, retrying in %.1fs", self._what, e.status, backoff)
                 await asyncio.sleep(backoff * (1 + random.random()))
                 backoff = min(backoff * 2, 30.0)
             except Exception as e:
-                if rv is not None:
+                if rv is not None or self._resume:
                     rv = self._resume  # the last version delivered before the connection broke
                 log.warning("informer %s: %s, retrying in %.1fs", self._what, e, backoff)
                 await asyncio.sleep(backoff * (1 + random.random()))

@@ -184,6 +184,7 @@ class FirstWatchFrom:
         self.version = version
         self.lists = 0
         self.watches: list[str] = []
+        self.params: list[dict[str, Any]] = []
 
     async def get(self, target: str, **params: Any) -> dict[str, Any]:
         self.lists += 1
@@ -192,7 +193,8 @@ class FirstWatchFrom:
     def watch(self, target: str, **params: Any) -> AbstractAsyncContextManager[AsyncIterator[dict[str, Any]]]:
         if not self.watches and self.version is not None:
             params["resourceVersion"] = self.version
-        self.watches.append(str(params["resourceVersion"]))
+        self.watches.append(str(params.get("resourceVersion", "")))
+        self.params.append(dict(params))
         return self.client.watch(target, **params)
 
 
@@ -236,6 +238,30 @@ async def test_informer_follows_bookmarks(admin: ApiClient, run: str) -> None:
         other = await _configmap(admin, f"rest-{run}-c", {"rest-run": "elsewhere"})
         await _until(lambda: int(inf._resume or 0) >= int(other["metadata"]["resourceVersion"]))
         assert f"rest-{run}-c" not in inf.cache and source.lists == 1
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_a_streaming_list_and_the_watch_it_becomes(admin: ApiClient, run: str) -> None:
+    """The controller's way to read a whole collection: one watch with sendInitialEvents, no list call; the
+    server ends the initial objects with its annotated bookmark and the same watch carries the changes after."""
+    for name in "abc":
+        await _configmap(admin, f"rest-{run}-{name}", {"rest-run": run})
+    source = FirstWatchFrom(admin, None)
+    inf = Informer(
+        source, CONFIGMAPS, what="configmaps", label_selector=f"rest-run={run}", page_size=2, list_from_cache=False
+    )
+    task = asyncio.create_task(inf.run())
+    try:
+        await asyncio.wait_for(inf.synced.wait(), 20)
+        assert set(inf.cache) == {f"rest-{run}-{n}" for n in "abc"}
+        assert source.lists == 0 and source.params[0]["sendInitialEvents"] == "true"
+        await _configmap(admin, f"rest-{run}-d", {"rest-run": run})
+        await admin.delete(path("", "v1", "configmaps", "default", f"rest-{run}-a"))
+        await _until(lambda: set(inf.cache) == {f"rest-{run}-{n}" for n in "bcd"})
+        assert source.lists == 0 and len(source.watches) == 1, "the streamed list's watch did not carry the changes"
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -309,7 +309,8 @@ async def test_an_informer_keeping_no_objects_delivers_page_by_page_and_only_wha
     what changed and the deletions, after its last page."""
     async with running(keep_objects=False, list_from_cache=False) as (server, inf, seen):
         a1, b2, c3 = obj("a", "1"), obj("b", "2"), obj("c", "3")
-        server.push(Page([a1, b2], rv="", cont="token-1"))
+        # A server without streaming lists (v1.33 by default) refuses one as invalid: pages from then on.
+        server.push(ApiError(422, "Invalid", "sendInitialEvents is forbidden"), Page([a1, b2], rv="", cont="token-1"))
         await server.caught_up()
         assert seen.take() == [("a", None, a1), ("b", None, b2)]
         assert not inf.synced.is_set()
@@ -320,6 +321,7 @@ async def test_an_informer_keeping_no_objects_delivers_page_by_page_and_only_wha
         # Not from the API server's cache, which would answer every object at once whatever the limit: a
         # consistent list in pages.
         assert server.lists() == [dict(SELECTORS, limit=2), dict(SELECTORS, limit=2, **{"continue": "token-1"})]
+        assert server.watches()[0]["sendInitialEvents"] == "true" and sleeps == []
 
         a11 = obj("a", "11", size=2)
         server.push(Stream([event("MODIFIED", a11), event("DELETED", obj("b", "12")), bookmark("20")]))
@@ -341,3 +343,41 @@ async def test_an_informer_keeping_no_objects_delivers_page_by_page_and_only_wha
         assert sorted(seen.take(), key=lambda c: c[0]) == [("a", None, None), ("c", None, None)]
         assert inf.cache == {} and server.watches()[-1]["resourceVersion"] == "50"
         assert sleeps == []
+
+
+def end_of_list(rv: str) -> dict[str, Any]:
+    meta = {"resourceVersion": rv, "annotations": {"k8s.io/initial-events-end": "true"}}
+    return event("BOOKMARK", {"kind": "DeviceVolume", "metadata": meta})
+
+
+async def test_a_streaming_list_then_the_same_watch_goes_on(sleeps: list[float]) -> None:
+    """Where the server offers it, an informer that does not list from the cache lists by one watch with
+    sendInitialEvents: its ADDED events are the collection, a bookmark annotated initial-events-end ends the list
+    (synced, deletions of what it lacked), and the same watch goes on."""
+    async with running(keep_objects=False, list_from_cache=False) as (server, inf, seen):
+        a1, b2 = obj("a", "1"), obj("b", "2")
+        server.push(Stream([event("ADDED", a1), event("ADDED", b2)]))
+        await server.caught_up()
+        # The stream ended before its bookmark: nothing is synced, the next try streams again after a backoff.
+        assert not inf.synced.is_set() and seen.take() == [("a", None, a1), ("b", None, b2)]
+        assert len(sleeps) == 1
+
+        a11 = obj("a", "11", size=2)
+        server.push(Stream([event("ADDED", a1), event("ADDED", b2), end_of_list("10"), event("MODIFIED", a11)]))
+        await server.caught_up()
+        assert inf.synced.is_set()
+        assert seen.take() == [("a", None, a11)]  # a and b unchanged since the first try: not delivered again
+        first = server.watches()[0]
+        assert first["sendInitialEvents"] == "true" and first["resourceVersionMatch"] == "NotOlderThan"
+        assert "resourceVersion" not in first and first["allowWatchBookmarks"] is True
+        assert first["labelSelector"] == LABELS and first["fieldSelector"] == FIELDS
+        assert server.watches()[-1]["resourceVersion"] == "11", "the watch did not resume after the streamed list"
+        assert server.lists() == []
+
+        # 410 Gone: stream again; what it lacks is deleted once it ends, what did not change is not delivered.
+        c3 = obj("c", "30")
+        server.push(Stream([gone()]), Stream([event("ADDED", a11), event("ADDED", c3), end_of_list("31")]))
+        await server.caught_up()
+        assert seen.take() == [("c", None, c3), ("b", None, None)]
+        assert server.watches()[-1]["resourceVersion"] == "31" and "sendInitialEvents" in server.watches()[-2]
+        assert server.lists() == [] and inf.cache == {}
