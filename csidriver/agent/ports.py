@@ -76,6 +76,3 @@ class Inventory(Protocol):
     @property
     def disks(self) -> Sequence[PoolDisk]: ...
     async def refresh(self) -> Sequence[PoolDisk]: ...
-
-    def refresh_soon(self) -> None:
-        """Ask for a rescan within a short window without waiting (for changes that only free space)."""

@@ -1,12 +1,7 @@
 """DeviceNode reconciler: scan this node's pool disks and publish them, writing only when something changed.
 
-Runs right after every partition change, plus a slow jittered resync. Concurrent refresh requests coalesce: a
-caller waits for one scan that started after it asked. A change that only frees space (a partition removed) need
-not wait: `refresh_soon` asks for a scan within a short window, and every request made meanwhile shares it (one
-DeviceNode write for many deletions). Until then the DeviceNode shows that space as still used, which can make the
-controller refuse room that exists for a moment, never place a volume in room that does not. Space taken (a
-partition made) is written with `refresh` before the volume reads Ready: the controller counts a volume against its
-node until then.
+Runs right after every partition change (callers await `refresh`), plus a slow jittered resync. Concurrent
+refresh requests coalesce: a caller waits for one scan that started after it asked.
 
 A pool disk that was seen and is now unreadable or gone stays listed (unhealthy, no space) only while a volume of
 this node is placed on it: that is what the operator must act on. Once no volume of this node is on it (its volumes
@@ -30,8 +25,6 @@ from csidriver.host.health import ReadProbe, present
 from csidriver.kube.resources import Conflict, Kube
 
 log = logging.getLogger(__name__)
-
-COALESCE_SECONDS = 1.0  # refresh_soon: how long a scan may wait to share its DeviceNode write with other changes
 
 
 def devices_of(disks: Sequence[PoolDisk], failed: Sequence[PoolDisk] = ()) -> tuple[Device, ...]:
@@ -66,8 +59,6 @@ class NodeReporter:
         self._unreadable: dict[str, str] = {}  # path -> why: pool disks present at the last scan that fail reads
         self._readable_before: dict[str, bool] = {}  # failed disk path -> whether it read at the previous check
         self._poked = False
-        self._soon_at: float | None = None  # monotonic time by which a scan was asked for (refresh_soon)
-        self._wake = asyncio.Event()  # run() re-reads _soon_at
         self._lock = asyncio.Lock()
         self._started = 0
         self._completed = 0
@@ -97,7 +88,6 @@ class NodeReporter:
                 return self.disks
             self._started += 1
             ticket = self._started
-            self._soon_at = None  # this scan starts after every refresh_soon so far: it serves them
             self._block_names = await asyncio.to_thread(self._inventory.block_names)
             before = await asyncio.to_thread(lambda: {n: sys_identity(n) for n in self._block_names})
             result = await self._inventory.scan_detailed()
@@ -158,14 +148,6 @@ class NodeReporter:
                     return
         raise RuntimeError(f"DeviceNode {self._node}: too many conflicting writers")
 
-    def refresh_soon(self, window: float = COALESCE_SECONDS) -> None:
-        """Ask for a scan within `window` seconds, not waiting for it; run() does it, and requests made until it
-        starts share it (as does any `refresh` that starts first). Only for changes that free space."""
-        due = time.monotonic() + window
-        if self._soon_at is None or due < self._soon_at:
-            self._soon_at = due
-        self._wake.set()
-
     def poke(self) -> None:
         """Ask for a scan soon (within the health interval), e.g. when a volume left this node."""
         self._poked = True
@@ -213,22 +195,10 @@ class NodeReporter:
                 log.warning("DeviceNode %s refresh failed: %s", self._node, e)
                 delay = min(self._resync, 5.0)
             deadline = time.monotonic() + delay
-            next_check = time.monotonic() + health_interval
-            while True:
-                due = deadline if self._soon_at is None else min(deadline, self._soon_at)
-                now = time.monotonic()
-                if now >= due:
+            while time.monotonic() < deadline:
+                await asyncio.sleep(min(health_interval, max(deadline - time.monotonic(), 0)))
+                if await asyncio.to_thread(self._changed):
                     break
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), max(min(due, next_check) - now, 0))
-                    continue  # a refresh_soon: due again
-                except TimeoutError:
-                    pass
-                if time.monotonic() >= next_check:
-                    next_check = time.monotonic() + health_interval
-                    if await asyncio.to_thread(self._changed):
-                        break
 
 
 def _same(current: Mapping[str, Any], body: Mapping[str, Any]) -> bool:

@@ -206,7 +206,7 @@ class SnapshotReconciler:
             if wait > 0:
                 return wait
             await self._parts.delete(found[0].path, snap.pool, pname)
-            self._reporter.refresh_soon()  # space freed: see VolumeReconciler's deletion
+            await self._reporter.refresh()
         elif snap.placement.disk_guid and snap.placement.disk_guid not in {d.guid for d in self._reporter.disks}:
             msg = (
                 f"disk {snap.placement.disk_guid} ({snap.placement.disk_path}) holding this snapshot is not present "

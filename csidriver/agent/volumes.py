@@ -475,9 +475,8 @@ class VolumeReconciler:
                 await self._kube.record_event(raw, c.VOLUME_KIND, "Warning", "DeleteBlocked", str(e))
                 await self._not_released(vol, c.RELEASE_IN_USE, f"node {self._node}: {e}")
                 raise Retry(str(e)) from e
-            # Space freed: the DeviceNode may show it a moment later (conservative for the controller), and the
-            # scans of deletions close together share one DeviceNode write.
-            self._reporter.refresh_soon()
+            # DeviceNode exact before the object goes (concurrent deletions share scans and writes).
+            await self._reporter.refresh()
         elif vol.placement.disk_guid and vol.placement.disk_guid not in {d.guid for d in self._reporter.disks}:
             msg = (
                 f"disk {vol.placement.disk_guid} ({vol.placement.disk_path}) holding this volume is not present "

@@ -220,7 +220,6 @@ class FakeInventory:
         self._parts = parts
         self.gone: set[str] = set()  # disk paths whose disk vanished
         self.refreshes = 0
-        self.soon = 0  # refresh_soon requests
 
     @property
     def disks(self) -> Sequence[PoolDisk]:
@@ -229,6 +228,3 @@ class FakeInventory:
     async def refresh(self) -> Sequence[PoolDisk]:
         self.refreshes += 1
         return self.disks
-
-    def refresh_soon(self) -> None:
-        self.soon += 1

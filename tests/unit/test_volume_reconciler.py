@@ -179,8 +179,8 @@ async def test_deletion_removes_the_partition_then_only_our_finalizer() -> None:
     assert await w.rec.reconcile(name) is None
     assert w.slot(name) is None
     assert w.obj(name).finalizers == ("backup.example.com/keep",)
-    # The space freed is reported soon, not waited for: deletions close together share one DeviceNode write.
-    assert (w.inv.refreshes, w.inv.soon) == (refreshes, 1)
+    # DeviceNode shows the space free again before the object goes.
+    assert w.inv.refreshes == refreshes + 1
 
 
 async def test_deletion_of_a_mounted_volume_waits_and_says_why() -> None:
