@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 from bench.scheduler_scale import node_obj
 from csidriver.api import constants as c
 from csidriver.api import naming
+from csidriver.api.objects import new_volume_body
 from harness.apiserver import ApiServer
 from harness.driver import Driver, Process
 from harness.tools import tools
@@ -44,17 +45,9 @@ def volume(i: int, nodes: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """A DeviceVolume as the controller creates it, and the status its agent writes once Ready."""
     name = f"pvc-{uuid.UUID(int=i)}"
     node = f"node-{i % nodes:05d}"
-    body = {
-        "apiVersion": "local.openebs.io/v1alpha1",
-        "kind": "DeviceVolume",
-        "metadata": {
-            "name": name,
-            "namespace": "openebs",
-            "labels": {"kubernetes.io/nodename": node},
-            "finalizers": [c.FINALIZER],
-        },
-        "spec": {"capacity": str((1 + i % 50) * GIB), "devname": "ssd", "ownerNodeID": node},
-    }
+    body = new_volume_body(name, "openebs", node, "ssd", (1 + i % 50) * GIB, name)
+    body["metadata"]["finalizers"] = [c.FINALIZER]  # as the agent adds it
+    del body["status"]  # the Ready status follows
     number = 1 + i // nodes % 100
     status = {
         "status": {

@@ -69,6 +69,16 @@ def _shared(raw: object) -> str:
     return sys.intern(str(raw)) if raw else ""
 
 
+_SOURCES = (c.CLONE_SOURCE_ANNOTATION, c.RESTORE_SOURCE_ANNOTATION)
+
+
+def _sources(raw: object) -> dict[str, Any]:
+    """Of a volume's annotations, those naming what it is filled from (all the controller reads)."""
+    if not isinstance(raw, Mapping):
+        return {}
+    return {k: raw[k] for k in _SOURCES if k in raw}
+
+
 _OURS = (c.FINALIZER,)
 
 
@@ -87,9 +97,9 @@ def _state(raw: object) -> State:
 
 def volume_from_dict(obj: Mapping[str, Any], *, compact: bool = False) -> DeviceVolume:
     """The volume in an API object. `compact`: the form the controller caches (100,000 and more of them), without
-    what it never reads: labels, the partition's GPT name and UUID (the agent's business; ListVolumes shows the device
-    path) and the conditions whose status is True (the controller acts only on False ones: a failure, a refusal, a
-    blocked deletion, a partition not located)."""
+    what it never reads: labels, annotations other than a clone's or a restore's source, the partition's GPT name and
+    UUID (the agent's business; ListVolumes shows the device path) and the conditions whose status is True (the
+    controller acts only on False ones: a failure, a refusal, a blocked deletion, a partition not located)."""
     meta = obj.get("metadata") or {}
     spec = obj.get("spec") or {}
     status = obj.get("status") or {}
@@ -110,7 +120,7 @@ def volume_from_dict(obj: Mapping[str, Any], *, compact: bool = False) -> Device
         deleting=bool(meta.get("deletionTimestamp")),
         resource_version=meta.get("resourceVersion", ""),
         labels=_NOTHING if compact else _mapping(meta.get("labels")),
-        annotations=_mapping(meta.get("annotations")),
+        annotations=_mapping(_sources(meta.get("annotations")) if compact else meta.get("annotations")),
         conditions=conditions,
         generation=_whole(meta.get("generation")) or 0,
         capacity_bytes=_whole(status.get("capacityBytes")),

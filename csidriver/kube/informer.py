@@ -162,6 +162,14 @@ class Informer:
                 del self._versions[name]
                 self._emit(name, None, None)
 
+    def _watching(self, **params: str) -> AbstractAsyncContextManager[AsyncIterator[dict[str, Any]]]:
+        """A watch of the collection with bookmarks, which the server ends after about watch_seconds (jittered, so
+        informers started together do not reconnect together)."""
+        timeout = self._watch_seconds + random.randint(0, self._watch_seconds // 5)
+        return self._api.watch(
+            self._target, allowWatchBookmarks=True, timeoutSeconds=timeout, **params, **self._selectors
+        )
+
     async def _stream(self) -> str:
         """A streaming list: one watch (sendInitialEvents, resourceVersionMatch=NotOlderThan, no version: a
         consistent read) whose ADDED events are the collection as it is, ended by a bookmark annotated
@@ -172,17 +180,9 @@ class Informer:
         listed = False
         rv = ""
         self._resume = ""
-        timeout = self._watch_seconds + random.randint(0, self._watch_seconds // 5)
         async with (
             asyncio.timeout(self._watch_seconds * 2),
-            self._api.watch(
-                self._target,
-                sendInitialEvents="true",
-                resourceVersionMatch="NotOlderThan",
-                allowWatchBookmarks=True,
-                timeoutSeconds=timeout,
-                **self._selectors,
-            ) as stream,
+            self._watching(sendInitialEvents="true", resourceVersionMatch="NotOlderThan") as stream,
         ):
             async for event in stream:
                 kind = event["type"]
@@ -231,16 +231,9 @@ class Informer:
         """Watch from `rv`; `self._resume` follows every event and bookmark delivered, so a watch that breaks is
         resumed from the last one, not from where it started (which would deliver its events twice, or expire)."""
         self._resume = rv
-        timeout = self._watch_seconds + random.randint(0, self._watch_seconds // 5)
         async with (
             asyncio.timeout(self._watch_seconds * 2),
-            self._api.watch(
-                self._target,
-                resourceVersion=rv,
-                allowWatchBookmarks=True,
-                timeoutSeconds=timeout,
-                **self._selectors,
-            ) as stream,
+            self._watching(resourceVersion=rv) as stream,
         ):
             async for event in stream:
                 kind = event["type"]

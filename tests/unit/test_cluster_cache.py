@@ -17,6 +17,7 @@ def ready(name: str, *conditions: dict[str, Any]) -> dict[str, Any]:
             "name": name,
             "resourceVersion": "7",
             "labels": {"kubernetes.io/nodename": "n1"},
+            "annotations": {c.CSI_NAME_ANNOTATION: name, c.CLONE_SOURCE_ANNOTATION: "pvc-source"},
             "finalizers": [c.FINALIZER],
         },
         "spec": {"capacity": str(1 << 30), "devname": "ssd", "ownerNodeID": "n1"},
@@ -52,6 +53,8 @@ def test_what_the_controller_reads_is_kept_and_the_rest_dropped() -> None:
         "/dev/nvme0n1p3",
     )
     assert (p.partition_name, p.partition_uuid, dict(vol.labels)) == ("", "", {})
+    assert dict(vol.annotations) == {c.CLONE_SOURCE_ANNOTATION: "pvc-source"}  # what it is filled from, only
+    assert volume_from_dict(ready(name)).annotations[c.CSI_NAME_ANNOTATION] == name  # the full form keeps all
 
 
 def test_the_cluster_state_holds_the_compact_form() -> None:
