@@ -46,6 +46,7 @@ def volume(i: int, nodes: int) -> tuple[dict[str, Any], dict[str, Any]]:
     name = f"pvc-{uuid.UUID(int=i)}"
     node = f"node-{i % nodes:05d}"
     body = new_volume_body(name, "openebs", node, "ssd", (1 + i % 50) * GIB, name)
+    body["apiVersion"] = f"{c.GROUP}/{c.ORIGINAL_VERSION}"  # as Kube.create_volume sends it
     body["metadata"]["finalizers"] = [c.FINALIZER]  # as the agent adds it
     del body["status"]  # the Ready status follows
     number = 1 + i // nodes % 100

@@ -72,27 +72,32 @@ def _shared(raw: object) -> str:
 _SOURCES = (c.CLONE_SOURCE_ANNOTATION, c.RESTORE_SOURCE_ANNOTATION)
 
 
-def _sources(raw: object) -> dict[str, Any]:
-    """Of a volume's annotations, those naming what it is filled from (all the controller reads)."""
+def _annotations(raw: object, compact: bool) -> Mapping[str, str]:
+    """A volume's annotations; compact: only those naming what it is filled from (all the controller reads)."""
+    if not compact or not raw:
+        return _mapping(raw)
     if not isinstance(raw, Mapping):
-        return {}
-    return {k: raw[k] for k in _SOURCES if k in raw}
+        return _NOTHING
+    return _mapping({k: raw[k] for k in _SOURCES if k in raw})
 
 
 _OURS = (c.FINALIZER,)
+_OURS_LIST = [c.FINALIZER]
 
 
 def _finalizers(raw: object) -> tuple[str, ...]:
     """Finalizer names (interned; the common case, ours alone, is one shared tuple)."""
+    if raw == _OURS_LIST:
+        return _OURS
     names = tuple(_shared(f) for f in raw) if isinstance(raw, list | tuple) else ()
     return _OURS if names == _OURS else names
 
 
+_STATES = {s.value: s for s in State}
+
+
 def _state(raw: object) -> State:
-    try:
-        return State(raw)
-    except ValueError:
-        return State.PENDING
+    return _STATES.get(raw, State.PENDING) if isinstance(raw, str) else State.PENDING
 
 
 def volume_from_dict(obj: Mapping[str, Any], *, compact: bool = False) -> DeviceVolume:
@@ -120,7 +125,7 @@ def volume_from_dict(obj: Mapping[str, Any], *, compact: bool = False) -> Device
         deleting=bool(meta.get("deletionTimestamp")),
         resource_version=meta.get("resourceVersion", ""),
         labels=_NOTHING if compact else _mapping(meta.get("labels")),
-        annotations=_mapping(_sources(meta.get("annotations")) if compact else meta.get("annotations")),
+        annotations=_annotations(meta.get("annotations"), compact),
         conditions=conditions,
         generation=_whole(meta.get("generation")) or 0,
         capacity_bytes=_whole(status.get("capacityBytes")),
@@ -151,7 +156,9 @@ class DeviceSnapshot:
 
 
 def _error(status: Mapping[str, Any]) -> tuple[ErrorCode | None, str]:
-    err = status.get("error") or {}
+    err = status.get("error")
+    if not err:
+        return None, ""
     try:
         code = ErrorCode(err["code"]) if err.get("code") else None
     except ValueError:
@@ -160,11 +167,13 @@ def _error(status: Mapping[str, Any]) -> tuple[ErrorCode | None, str]:
 
 
 _UNPLACED = Placement()
-_PLACEMENT_KEYS = ("diskGUID", "diskPath", "partitionName", "partitionUUID", "partitionNumber", "devicePath")
 
 
 def _placement(status: Mapping[str, Any], compact: bool = False) -> Placement:
-    if not any(status.get(k) for k in _PLACEMENT_KEYS):
+    get = status.get
+    if not (
+        get("diskGUID") or get("diskPath") or get("partitionName") or get("partitionUUID") or get("partitionNumber")
+    ) and not get("devicePath"):
         return _UNPLACED  # not carved yet (or an original driver's object): one shared empty Placement
     return Placement(
         disk_guid=_shared(status.get("diskGUID")),
