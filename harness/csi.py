@@ -54,6 +54,13 @@ def create(
     return csi_pb2_grpc.ControllerStub(ch).CreateVolume(req, timeout=60).volume
 
 
+def capacity(ch: grpc.Channel, node: str, pool: str = POOL) -> int:
+    """GetCapacity of `pool` on one node, as the controller's caches see it now."""
+    topo = csi_pb2.Topology(segments={"openebs.io/nodename": node})
+    req = csi_pb2.GetCapacityRequest(parameters={"devname": pool}, accessible_topology=topo)
+    return int(csi_pb2_grpc.ControllerStub(ch).GetCapacity(req).available_capacity)
+
+
 def delete(ch: grpc.Channel, volume_id: str) -> None:
     csi_pb2_grpc.ControllerStub(ch).DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=volume_id), timeout=60)
 

@@ -12,6 +12,7 @@ import grpc
 
 from csidriver.csi import csi_pb2, csi_pb2_grpc
 from harness.csi import MIB, POOL, code_of, create, delete
+from harness.csi import capacity as node_capacity
 from harness.disks import partitions
 from tests.conftest import Cluster
 from tests.e2e.test_plugin import plugin
@@ -21,9 +22,7 @@ TOPO = {"openebs.io/nodename": NODE}
 
 
 def capacity(cluster: Cluster) -> int:
-    ctl = csi_pb2_grpc.ControllerStub(cluster.controller_channel)
-    req = csi_pb2.GetCapacityRequest(parameters={"devname": POOL}, accessible_topology=csi_pb2.Topology(segments=TOPO))
-    return int(ctl.GetCapacity(req).available_capacity)
+    return node_capacity(cluster.controller_channel, NODE)
 
 
 def wait_for(what: str, check: object, timeout: float = 30) -> None:

@@ -7,8 +7,9 @@ import subprocess
 import sys
 import uuid
 
-from harness.csi import MIB, POOL, create, delete
+from harness.csi import MIB, POOL, capacity, create, delete
 from harness.disks import partitions
+from harness.objects import until
 from tests.conftest import NODE, Cluster
 
 
@@ -49,12 +50,13 @@ def test_cordoned_disk_is_skipped(cluster: Cluster) -> None:
     first = next(n for n in nodes if n["path"] == cluster.pool_disks[0].device)
     dry = plugin(cluster, "cordon-disk", NODE, first["disk"], "--dry-run").stdout
     assert "would cordon" in dry
+    before = capacity(cluster.controller_channel, NODE)
     plugin(cluster, "cordon-disk", NODE, first["disk"])
     names = [f"pvc-{uuid.uuid4()}" for _ in range(3)]
     try:
-        import time
-
-        time.sleep(0.5)  # the controller's informer delivers the annotation
+        # The controller's watch delivered the annotation once the cordoned disk's space leaves the node's capacity
+        # (the agent watches the same DeviceNode).
+        until("the cordon reached the controller", lambda: capacity(cluster.controller_channel, NODE) < before, 30)
         for n in names:
             create(cluster.controller_channel, n, MIB)
         vols = {v["name"]: v for v in json.loads(plugin(cluster, "volumes", "-o", "json").stdout)}
@@ -105,9 +107,7 @@ def test_release_lost_node(cluster: Cluster) -> None:
     disk = cluster.disks.pool(POOL, 64)
     agent = cluster.driver.agent(gone, [disk.device])
     agent.wait_ready()
-    import time
-
-    time.sleep(0.5)
+    until("the new node's pool reached the controller", lambda: capacity(cluster.controller_channel, gone) > 0, 30)
     name = f"pvc-{uuid.uuid4()}"
     create(cluster.controller_channel, name, MIB, requisite=[{"openebs.io/nodename": gone}])
     agent.kill()  # the node dies for good
