@@ -76,7 +76,7 @@ BENCHES = (
         ("--sequential", "20", "--burst", "20"),
         (
             Figure("PVC -> Bound p50 (watch)", r"PVC created -> Bound.*?p50 ([\d.]+) ms", "ms", 500),
-            Figure("PVCs at once -> all Bound", r"PVCs created at once.*?after ([\d.]+) s", "s"),
+            Figure("PVCs at once -> all Bound", r"PVCs created at once.*?all Bound ([\d.]+) s", "s"),
             Figure("API requests per volume lifecycle", r"driver total ([\d.]+) per volume", "req", 6),
             Figure("... with the lease renewals made meanwhile", r"([\d.]+) per volume with them", "req"),
             Figure("driver LISTs during the run", r"LIST calls by the driver during the run: (\d+)", "", 0),
