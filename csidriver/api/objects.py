@@ -89,8 +89,7 @@ def _finalizers(raw: object) -> tuple[str, ...]:
     """Finalizer names (interned; the common case, ours alone, is one shared tuple)."""
     if raw == _OURS_LIST:
         return _OURS
-    names = tuple(_shared(f) for f in raw) if isinstance(raw, list | tuple) else ()
-    return _OURS if names == _OURS else names
+    return tuple(_shared(f) for f in raw) if isinstance(raw, list | tuple) else ()
 
 
 _STATES = {s.value: s for s in State}
@@ -170,10 +169,15 @@ _UNPLACED = Placement()
 
 
 def _placement(status: Mapping[str, Any], compact: bool = False) -> Placement:
-    get = status.get
+    get = status.get  # each key tested in turn: this runs for every volume the controller caches
     if not (
-        get("diskGUID") or get("diskPath") or get("partitionName") or get("partitionUUID") or get("partitionNumber")
-    ) and not get("devicePath"):
+        get("diskGUID")
+        or get("diskPath")
+        or get("partitionName")
+        or get("partitionUUID")
+        or get("partitionNumber")
+        or get("devicePath")
+    ):
         return _UNPLACED  # not carved yet (or an original driver's object): one shared empty Placement
     return Placement(
         disk_guid=_shared(status.get("diskGUID")),

@@ -54,12 +54,11 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     api = await make_api_client(settings.kubeconfig, settings.kube_qps, settings.kube_burst)
     kube = Kube(api, settings.namespace, "device-localpv-controller")
     cluster = ClusterState()
-    # Every object of the cluster, listed in pages. ClusterState keeps its own compact form of each: the informers
-    # keep none, except the nodes', whose previous state DiskFailureEvents compares with.
-    volumes = kube.volume_informer(keep_objects=False, list_from_cache=False)
-    nodes = kube.node_informer(list_from_cache=False)
-    heartbeats = kube.heartbeat_informer(keep_objects=False, list_from_cache=False)
-    snapshots = kube.snapshot_informer(keep_objects=False, list_from_cache=False)
+    # Every object of the cluster, streamed; ClusterState keeps its own compact form of each (see Kube._informer).
+    volumes = kube.volume_informer()
+    nodes = kube.node_informer()
+    heartbeats = kube.heartbeat_informer()
+    snapshots = kube.snapshot_informer()
     volumes.subscribe(cluster.on_volume)
     nodes.subscribe(cluster.on_node)
     heartbeats.subscribe(cluster.on_heartbeat)

@@ -96,10 +96,10 @@ class Informer:
 
     async def _list(self) -> str:
         """List every page, then deliver what changed against what was known: each object whose version differs,
-        and a deletion for each known object the list no longer holds. An informer that keeps objects changes its
-        cache and calls its handlers once the last page is in; one that keeps none delivers each page as it comes,
-        so it never holds more than one page of objects (deletions still wait for the last page)."""
-        fresh: dict[str, Obj] = {}
+        and a deletion for each known object the list no longer holds. An informer that keeps objects delivers once
+        the last page is in; one that keeps none delivers each page as it comes, so it never holds more than one page
+        of objects (deletions still wait for the last page)."""
+        kept: list[Obj] = []
         seen: set[str] = set()
         cont: str | None = None
         rv = ""
@@ -110,32 +110,20 @@ class Informer:
             elif self._from_cache:
                 params["resourceVersion"] = "0"
             page = await self._api.get(self._target, **params)
-            items = page.pop("items", None) or []
+            items = [_slim(obj) for obj in page.get("items") or ()]
             meta = page.get("metadata") or {}
             rv = str(meta.get("resourceVersion", rv))
             cont = meta.get("continue")
-            del page
             if self._keep:
-                for obj in items:
-                    fresh[_name(obj)] = _slim(obj)
+                kept.extend(items)
             else:
-                items.reverse()
-                while items:  # one at a time: a delivered object is freed before the next is read
-                    self._deliver(_slim(items.pop()), seen)
+                for obj in items:
+                    self._deliver(obj, seen)
             if not cont:
                 break
-        if not self._keep:
-            self._forget_unseen(seen)
-            return rv
-        old = dict(self.cache)
-        self.cache.clear()  # in place: readers hold a reference to this dict
-        self.cache.update(fresh)
-        for name, obj in fresh.items():
-            prev = old.get(name)
-            if prev is None or prev["metadata"].get("resourceVersion") != obj["metadata"].get("resourceVersion"):
-                self._emit(name, prev, obj)
-        for name in old.keys() - fresh.keys():
-            self._emit(name, old[name], None)
+        for obj in kept:
+            self._deliver(obj, seen)
+        self._forget_unseen(seen)
         return rv
 
     def _deliver(self, obj: Obj, seen: set[str]) -> None:
@@ -244,27 +232,29 @@ class Informer:
                 self._resume = rv
         return rv
 
+    async def _sync(self) -> str:
+        """The whole collection, as a streaming list while the server offers one, else in pages; its version."""
+        if self._streaming:
+            try:
+                return await self._stream()
+            except ApiError as e:
+                if e.status not in (400, 422) or self._resume:
+                    raise
+                # v1.33 (its WatchList gate off by default) and servers before 1.32 refuse it as invalid
+                log.info("informer %s: no streaming list here (%s), listing in pages", self._what, e.status)
+                self._streaming = False
+        rv = await self._list()
+        self.synced.set()
+        return rv
+
     async def run(self) -> None:
         """Runs until cancelled."""
         backoff = 0.2
         rv: str | None = None
         while True:
             try:
-                if rv is None and self._streaming:
-                    try:
-                        rv = await self._stream()
-                    except ApiError as e:
-                        if e.status not in (400, 422) or self._resume:
-                            raise
-                        # v1.33 (its WatchList gate off by default) and servers before 1.32 refuse it as invalid
-                        log.info("informer %s: no streaming list here (%s), listing in pages", self._what, e.status)
-                        self._streaming = False
-                        continue
-                    backoff = 0.2
-                    continue
                 if rv is None:
-                    rv = await self._list()
-                    self.synced.set()
+                    rv = await self._sync()
                 rv = await self._watch(rv)
                 backoff = 0.2
             except asyncio.CancelledError:

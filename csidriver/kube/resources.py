@@ -88,48 +88,50 @@ class Kube:
     def _ours(self, plural: str, name: str | None = None, version: str = "") -> str:
         return path(c.GROUP, version or self.version, plural, self.namespace, name)
 
-    # The controller's informers read every object of the cluster: they list in pages rather than in one response
-    # from the API server's cache (list_from_cache=False), and those whose consumer keeps its own compact form cache
-    # no objects (keep_objects=False). An agent's lists, filtered to its node, stay lists from the cache: small, and
-    # they spare etcd (on servers before 1.31) a scan of every object per node when all agents start at once.
-    def heartbeat_informer(self, *, keep_objects: bool = True, list_from_cache: bool = True) -> Informer:
-        """The agents' heartbeat Leases of the namespace (server-side filtered by their label)."""
-        leases = path("coordination.k8s.io", "v1", "leases", self.namespace)
-        return Informer(
-            self.api,
-            leases,
-            what="heartbeats",
-            label_selector=c.HEARTBEAT_LABEL,
-            keep_objects=keep_objects,
-            list_from_cache=list_from_cache,
-        )
-
-    def volume_informer(
-        self, node: str | None = None, *, keep_objects: bool = True, list_from_cache: bool = True
+    def _informer(
+        self,
+        target: str,
+        what: str,
+        *,
+        whole: bool,
+        keep_objects: bool = True,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
     ) -> Informer:
-        """All volumes of the namespace, or (server-side filtered) only those owned by `node`. The filter is the
-        CRD's selectable field spec.ownerNodeID, not the node label, which objects the original's controller
-        created lack."""
-        selector = f"spec.ownerNodeID={node}" if node else None
+        """`whole`: every object of the cluster, as the controller reads it: streamed rather than listed in one
+        response from the API server's cache. A list filtered to one node (an agent's) stays a list from the cache:
+        small, and it spares etcd (on servers before 1.31) a scan of every object per node when all agents start at
+        once. keep_objects=False where the consumer keeps its own compact form (the controller's ClusterState)."""
         return Informer(
             self.api,
-            self._ours(c.VOLUME_PLURAL),
-            what="devicevolumes",
-            field_selector=selector,
+            target,
+            what=what,
+            label_selector=label_selector,
+            field_selector=field_selector,
             keep_objects=keep_objects,
-            list_from_cache=list_from_cache,
+            list_from_cache=not whole,
         )
 
-    def node_informer(self, name: str | None = None, *, list_from_cache: bool = True) -> Informer:
-        """All DeviceNodes, or (server-side filtered) only the one called `name`."""
-        selector = f"metadata.name={name}" if name else None
-        return Informer(
-            self.api,
-            self._ours(c.NODE_PLURAL),
-            what="devicenodes",
-            field_selector=selector,
-            list_from_cache=list_from_cache,
+    def heartbeat_informer(self) -> Informer:
+        """The agents' heartbeat Leases of the namespace (server-side filtered by their label), for the controller."""
+        leases = path("coordination.k8s.io", "v1", "leases", self.namespace)
+        return self._informer(leases, "heartbeats", whole=True, keep_objects=False, label_selector=c.HEARTBEAT_LABEL)
+
+    def volume_informer(self, node: str | None = None) -> Informer:
+        """All volumes of the namespace (the controller's, keeping no objects), or (server-side filtered) only those
+        owned by `node`. The filter is the CRD's selectable field spec.ownerNodeID, not the node label, which objects
+        the original's controller created lack."""
+        selector = f"spec.ownerNodeID={node}" if node else None
+        whole = node is None
+        return self._informer(
+            self._ours(c.VOLUME_PLURAL), "devicevolumes", whole=whole, keep_objects=not whole, field_selector=selector
         )
+
+    def node_informer(self, name: str | None = None) -> Informer:
+        """All DeviceNodes, or (server-side filtered) only the one called `name`. Objects are kept: the controller's
+        DiskFailureEvents compares each node with its previous state."""
+        selector = f"metadata.name={name}" if name else None
+        return self._informer(self._ours(c.NODE_PLURAL), "devicenodes", whole=name is None, field_selector=selector)
 
     async def _call(
         self,
@@ -246,19 +248,14 @@ class Kube:
         return list(page.get("items") or [])
 
     # -- DeviceSnapshot -----------------------------------------------------------------------------------
-    def snapshot_informer(
-        self, node: str | None = None, *, keep_objects: bool = True, list_from_cache: bool = True
-    ) -> Informer:
-        """All snapshots of the namespace, or (server-side filtered) only those on `node`."""
+    def snapshot_informer(self, node: str | None = None) -> Informer:
+        """All snapshots of the namespace (the controller's, keeping no objects), or (server-side filtered) only
+        those on `node`."""
         selector = f"spec.ownerNodeID={node}" if node else None
         snapshots = self._ours(c.SNAPSHOT_PLURAL, version=c.VERSION)
-        return Informer(
-            self.api,
-            snapshots,
-            what="devicesnapshots",
-            field_selector=selector,
-            keep_objects=keep_objects,
-            list_from_cache=list_from_cache,
+        whole = node is None
+        return self._informer(
+            snapshots, "devicesnapshots", whole=whole, keep_objects=not whole, field_selector=selector
         )
 
     async def get_snapshot(self, name: str) -> Obj | None:
