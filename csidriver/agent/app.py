@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import random
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import grpc
@@ -25,6 +25,7 @@ from csidriver.csi import csi_pb2_grpc
 from csidriver.host import DiskInventory, Filesystems, Mounter, PartitionManager, Runner
 from csidriver.kube.client import make_api_client
 from csidriver.kube.heartbeat import Heartbeat
+from csidriver.kube.informer import Informer
 from csidriver.kube.resources import Kube
 from csidriver.metrics import Family, Metrics, counter, gauge
 from csidriver.pluginregistration import api_pb2_grpc
@@ -157,7 +158,14 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
                 }
 
             reporter = NodeReporter(
-                kube, inventory, settings.node_id, topology, owner, settings.resync_seconds, held=held
+                kube,
+                inventory,
+                settings.node_id,
+                topology,
+                owner,
+                settings.resync_seconds,
+                held=held,
+                write_delay=settings.inventory_write_seconds,
             )
             reporter_box.append(reporter)
             metrics.add_collector(lambda: _disk_metrics(reporter))
@@ -214,6 +222,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             tg.create_task(queue.run())
             tg.create_task(snapshots.run())
             tg.create_task(snap_queue.run())
+            tg.create_task(_promise_stamps(informer, reporter))
     except* Shutdown:
         log.info("stopping: asked to")
     finally:
@@ -250,6 +259,17 @@ async def _until_done(call: Callable[[], Awaitable[T]], what: str) -> T:
             log.warning("%s: %s", what, e)
             await asyncio.sleep(delay * (1 + random.random()))
             delay = min(delay * 2, 30)
+
+
+async def _promise_stamps(informer: Informer, reporter: NodeReporter) -> None:
+    """After a restart: stamps on this node's volumes that the previous process took and did not write."""
+    await informer.synced.wait()
+    reporter.promise(max((_stamp(v) for v in informer.cache.values()), default=0))
+
+
+def _stamp(raw: Mapping[str, Any]) -> int:
+    stamp = (raw.get("status") or {}).get("inventoryGeneration")
+    return stamp if isinstance(stamp, int) else 0
 
 
 async def _first_scan(reporter: NodeReporter) -> None:

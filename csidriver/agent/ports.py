@@ -70,9 +70,11 @@ class Partitions(Protocol):
 
 
 class Inventory(Protocol):
-    """What the reconcilers ask of the node reporter: the healthy pool disks of the last scan, and a rescan that
-    also rewrites the DeviceNode when it changed."""
+    """What the reconcilers ask of the node reporter: the healthy pool disks of the last scan, a rescan that also
+    rewrites the DeviceNode when it changed, and a stamp: the inventory generation from which the DeviceNode will
+    show a partition just made (written soon, without waiting)."""
 
     @property
     def disks(self) -> Sequence[PoolDisk]: ...
     async def refresh(self) -> Sequence[PoolDisk]: ...
+    def stamp(self) -> int: ...

@@ -1,7 +1,14 @@
 """DeviceNode reconciler: scan this node's pool disks and publish them, writing only when something changed.
 
-Runs right after every partition change (callers await `refresh`), plus a slow jittered resync. Concurrent
-refresh requests coalesce: a caller waits for one scan that started after it asked.
+Runs right after every partition change that frees or moves space (callers await `refresh`), plus a slow jittered
+resync. Concurrent refresh requests coalesce: a caller waits for one scan that started after it asked.
+
+A create does not wait for a scan: it takes a *stamp* (`stamp`), the inventory generation of the next scan to start,
+and records it on its Ready volume; `run` writes the DeviceNode a coalescing window later, so a burst of creates costs
+one write. Each written DeviceNode carries the generation of the scan it shows (an annotation), and a scan with
+generation g started after every stamp <= g was taken, so it shows their partitions: the controller counts a Ready
+volume's bytes itself until its node's DeviceNode reaches the volume's stamp. Stamps not yet written when the agent
+stopped are found on its volumes after a restart (`promise`).
 
 A pool disk that was seen and is now unreadable or gone stays listed (unhealthy, no space) only while a volume of
 this node is placed on it: that is what the operator must act on. Once no volume of this node is on it (its volumes
@@ -19,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from csidriver.api import constants as c
-from csidriver.api.objects import Device, devices_list
+from csidriver.api.objects import Device, devices_list, inventory_generation
 from csidriver.host.disks import DiskInventory, PoolDisk, sys_identity
 from csidriver.host.health import ReadProbe, present
 from csidriver.kube.resources import Conflict, Kube
@@ -45,9 +52,11 @@ class NodeReporter:
         resync_seconds: float,
         held: Callable[[], set[str]] = set,
         probe: Callable[[str], str | None] | None = None,
+        write_delay: float = 10.0,
     ) -> None:
         """`held` returns the GPT GUIDs (upper case) of the disks this node's volumes are placed on; `probe` says
-        why a disk cannot be read (an O_DIRECT read of its first 4 KiB, bounded in time), or None."""
+        why a disk cannot be read (an O_DIRECT read of its first 4 KiB, bounded in time), or None; `write_delay` is
+        how long after a stamp the DeviceNode is written (stamps taken meanwhile share the write)."""
         self._kube = kube
         self._inventory = inventory
         self._node = node_id
@@ -63,6 +72,11 @@ class NodeReporter:
         self._started = 0
         self._completed = 0
         self._written: dict[str, Any] | None = None  # last body the API server holds (as we wrote or read it)
+        self._write_delay = write_delay
+        self._generation = 0  # inventory generation the API server holds (as we wrote or read it)
+        self._next_generation = 1  # generation of the next scan to start
+        self._promised = 0  # highest generation stamped on a volume: the DeviceNode must reach it
+        self._stamped = asyncio.Event()  # a stamp is waiting for its write
         self.disks: list[PoolDisk] = []  # healthy pool disks of the last scan
         self.failed: list[PoolDisk] = []  # pool disks seen before that are now unreadable or gone
         self._known: dict[str, PoolDisk] = {}
@@ -88,6 +102,8 @@ class NodeReporter:
                 return self.disks
             self._started += 1
             ticket = self._started
+            generation = self._next_generation
+            self._next_generation += 1
             self._block_names = await asyncio.to_thread(self._inventory.block_names)
             before = await asyncio.to_thread(lambda: {n: sys_identity(n) for n in self._block_names})
             result = await self._inventory.scan_detailed()
@@ -115,38 +131,79 @@ class NodeReporter:
             self._known.update({d.guid: d for d in self.disks})
             for d in newly:
                 log.error("pool disk %s (%s, pool %s) failed: unreadable or gone", d.guid, d.path, d.pool)
-            await self._publish(devices_of(self.disks, self.failed))
+            await self._publish(devices_of(self.disks, self.failed), generation)
             # Ready (Probe) only once the DeviceNode holds this scan: a CreateVolume right after the agent starts
             # must find its pools.
             self.scanned.set()
             self._completed = ticket
             return self.disks
 
-    async def _publish(self, devices: tuple[Device, ...]) -> None:
+    def stamp(self) -> int:
+        """The inventory generation from which this node's DeviceNode shows a partition made before this call; `run`
+        writes it within the write delay."""
+        stamp = self._next_generation
+        self.promise(stamp)
+        return stamp
+
+    def promise(self, generation: int) -> None:
+        """Have the DeviceNode reach `generation` soon (a stamp of a volume, perhaps from before a restart)."""
+        if generation > self._promised:
+            self._promised = generation
+            self._next_generation = max(self._next_generation, generation)
+        if self._promised > self._generation:
+            self._stamped.set()
+
+    @property
+    def generation(self) -> int:
+        """The inventory generation the API server holds, as far as this process knows."""
+        return self._generation
+
+    async def _publish(self, devices: tuple[Device, ...], generation: int) -> None:
         body = self._body(devices)
         if self._written is None:
             current = await self._kube.get_device_node(self._node)
-            if current is None:
-                self._written = await self._kube.create_device_node(body)
+            if current is not None:
+                self._learn(current)
+                # This process's first write continues the numbering: no stamp was taken before its first scan.
+                generation = max(generation, self._generation + 1)
+                self._next_generation = max(self._next_generation, generation + 1)
+            else:
+                self._written = await self._kube.create_device_node(self._stamped_body(body, {}, generation))
+                self._generation = generation
                 return
-            self._written = current
-        if _same(self._written, body):
+        assert self._written is not None
+        if _same(self._written, body) and self._generation >= self._promised:
             return
         for _ in range(5):
-            assert self._written is not None
             current = self._written["metadata"]
-            body["metadata"]["resourceVersion"] = current["resourceVersion"]
             # Keep what operators put there (cordoned disks): a replace would otherwise drop it.
-            body["metadata"]["annotations"] = current.get("annotations") or {}
+            stamped = self._stamped_body(body, current.get("annotations") or {}, generation)
+            stamped["metadata"]["resourceVersion"] = current["resourceVersion"]
             try:
-                self._written = await self._kube.replace_device_node(self._node, body)
+                self._written = await self._kube.replace_device_node(self._node, stamped)
+                self._generation = generation
                 return
             except Conflict:
-                self._written = await self._kube.get_device_node(self._node) or {}
-                if not self._written:
-                    self._written = await self._kube.create_device_node(body)
+                fresh = await self._kube.get_device_node(self._node)
+                if fresh is None:
+                    self._written = await self._kube.create_device_node(self._stamped_body(body, {}, generation))
+                    self._generation = generation
                     return
+                self._learn(fresh)
+                if generation <= self._generation:  # this annotation has one writer, this agent: not expected
+                    log.warning("DeviceNode %s: inventory generation %d found", self._node, self._generation)
+                    generation = self._generation + 1
+                    self._next_generation = max(self._next_generation, generation + 1)
         raise RuntimeError(f"DeviceNode {self._node}: too many conflicting writers")
+
+    def _learn(self, current: dict[str, Any]) -> None:
+        self._written = current
+        self._generation = inventory_generation(current.get("metadata") or {})
+
+    @staticmethod
+    def _stamped_body(body: dict[str, Any], annotations: Mapping[str, str], generation: int) -> dict[str, Any]:
+        meta = {**body["metadata"], "annotations": {**annotations, c.INVENTORY_GENERATION_ANNOTATION: str(generation)}}
+        return {**body, "metadata": meta}
 
     def poke(self) -> None:
         """Ask for a scan soon (within the health interval), e.g. when a volume left this node."""
@@ -185,6 +242,27 @@ class NodeReporter:
         return self._vanished() or self._failing() or self._inventory.block_names() != self._block_names
 
     async def run(self, health_interval: float = 5.0) -> None:
+        """Resync and watch the disks' health; write the DeviceNode for stamps."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._write_stamps())
+            tg.create_task(self._rescan(health_interval))
+
+    async def _write_stamps(self) -> None:
+        while True:
+            await self._stamped.wait()
+            await asyncio.sleep(self._write_delay)
+            self._stamped.clear()  # stamps taken from here on wait for the next round
+            if self._generation >= self._promised:
+                continue  # written meanwhile (a deletion's or the resync's scan)
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("DeviceNode %s write for new partitions failed: %s", self._node, e)
+                self._stamped.set()
+
+    async def _rescan(self, health_interval: float) -> None:
         while True:
             try:
                 await self.refresh()

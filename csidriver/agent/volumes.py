@@ -332,8 +332,9 @@ class VolumeReconciler:
         elif not wiped:  # found, not made by its batch (which wipes what it creates): never handed out unwiped
             await self._parts.wipe(part.node)
             phases.lap("wipe")
-        await self._reporter.refresh()  # DeviceNode shows the space as used before the volume reads Ready
-        phases.lap("inventory")
+        # No scan here: the DeviceNode shows the partition from this generation on, written within a window (one
+        # write for a burst); the controller counts the volume itself until then.
+        inventory = self._reporter.stamp()
         await self._kube.patch_volume_status(
             vol.name,
             {
@@ -344,6 +345,7 @@ class VolumeReconciler:
                 ],
                 **placement_dict(placement(part, guid)),
                 "capacityBytes": part.size,
+                "inventoryGeneration": inventory,
                 **copied,
             },
         )

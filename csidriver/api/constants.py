@@ -27,6 +27,10 @@ CSI_NAME_ANNOTATION: Final = "local.openebs.io/csi-name"
 
 # On a DeviceNode: comma-separated GPT disk GUIDs that schedulers must skip (kubectl device-localpv cordon-disk).
 CORDON_ANNOTATION: Final = "local.openebs.io/cordoned-disks"
+# On a DeviceNode: the generation of its `devices` inventory, raised by the node agent with each scan it writes. A
+# Ready volume's status.inventoryGeneration is the first generation whose free space accounts for its partition: until
+# the DeviceNode reaches it, the controller subtracts the volume itself (its agent need not write after every create).
+INVENTORY_GENERATION_ANNOTATION: Final = "local.openebs.io/inventory-generation"
 
 # Filesystems a volume may be formatted with.
 SUPPORTED_FS: Final = ("ext4", "xfs", "btrfs")

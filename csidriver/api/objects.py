@@ -54,6 +54,7 @@ class DeviceVolume:
     conditions: tuple[Mapping[str, Any], ...] = ()
     generation: int = 0  # metadata.generation: bumped by every spec change (an expansion)
     capacity_bytes: int | None = None  # status.capacityBytes: the partition's size as its agent last saw it
+    inventory_generation: int = 0  # status.inventoryGeneration: its node's DeviceNode counts it from this generation
 
 
 # The controller caches every DeviceVolume of the cluster (100,000 and more): what most of them share (no labels or
@@ -128,6 +129,7 @@ def volume_from_dict(obj: Mapping[str, Any], *, compact: bool = False) -> Device
         conditions=conditions,
         generation=_whole(meta.get("generation")) or 0,
         capacity_bytes=_whole(status.get("capacityBytes")),
+        inventory_generation=_whole(status.get("inventoryGeneration")) or 0,
     )
 
 
@@ -298,6 +300,15 @@ class DeviceNode:
     devices: tuple[Device, ...]
     labels: Mapping[str, str] = field(default_factory=dict)
     resource_version: str = ""
+    generation: int = 0  # its inventory generation (annotation): counts every partition stamped up to it
+
+
+def inventory_generation(meta: Mapping[str, Any]) -> int:
+    """A DeviceNode's inventory generation; 0 when absent or unreadable (written by the original's agent, or by
+    hand)."""
+    annotations = meta.get("annotations")
+    raw = annotations.get(c.INVENTORY_GENERATION_ANNOTATION) if isinstance(annotations, Mapping) else None
+    return int(raw) if isinstance(raw, str) and raw.isdigit() and len(raw) <= 18 else 0
 
 
 def cordoned_disks(meta: Mapping[str, Any]) -> set[str]:
@@ -348,6 +359,7 @@ def node_from_dict(obj: Mapping[str, Any]) -> DeviceNode:
         devices=tuple(devices),
         labels=dict(labels) if isinstance(labels, Mapping) else {},
         resource_version=str(meta.get("resourceVersion", "")),
+        generation=inventory_generation(meta),
     )
 
 

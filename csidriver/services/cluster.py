@@ -2,8 +2,10 @@
 
 Nothing here makes a request: informer handlers call `on_volume`/`on_node`; CreateVolume reads the aggregates.
 A volume counts as *pending* (its bytes not yet reflected in its node's DeviceNode) from the moment this process
-reserves it until the agent marks it Ready; the agent updates DeviceNode before it marks a volume Ready, so the
-worst case double-counts for an instant (conservative), never under-counts.
+reserves it until its node's DeviceNode accounts for its partition: while it is Pending, and once Ready until the
+DeviceNode's inventory generation reaches the one the agent stamped on the volume (status.inventoryGeneration; the
+agent writes its DeviceNode after a create within a coalescing window, not before Ready). Between the DeviceNode
+write and the volume's next event the bytes count twice (conservative), never zero times.
 """
 
 from __future__ import annotations
@@ -104,6 +106,8 @@ class ClusterState:
         self.volumes: dict[str, DeviceVolume] = {}
         self._load: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])  # (node,pool) -> bytes, count
         self._pending: dict[str, dict[str, Reservation]] = defaultdict(dict)  # node -> volume -> reservation
+        # node -> Ready volume -> the inventory generation its DeviceNode must reach to account for it
+        self._unscanned: dict[str, dict[str, int]] = defaultdict(dict)
         self._reserved: dict[str, Reservation] = {}  # volume -> reservation made here, not yet in the cache
         self._deleted: dict[str, None] = {}  # volumes whose deletion the watch delivered, oldest first (bounded)
         self._states: dict[str, NodeState] = {}  # scheduler snapshots of every node, rebuilt when dirty
@@ -148,8 +152,13 @@ class ClusterState:
             self._states.pop(name, None)
             self._dirty.discard(name)
         else:
-            self.nodes[name] = node_from_dict(new)
+            node = self.nodes[name] = node_from_dict(new)
             self._dirty.add(name)
+            waiting = self._unscanned.get(name)
+            if waiting:
+                for vol in [v for v, generation in waiting.items() if generation <= node.generation]:
+                    del waiting[vol]
+                    self._pending[name].pop(vol, None)
 
     def on_heartbeat(self, name: str, _old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> None:
         """An agent's heartbeat Lease changed. Expiry is judged on our own clock from when a renewal was first seen
@@ -205,12 +214,21 @@ class ClusterState:
         load = self._load[(vol.owner_node, vol.pool)]
         load[0] += sign * vol.capacity
         load[1] += sign
-        if vol.state is State.PENDING and not vol.deleting:
-            if sign > 0:
-                self._pending[vol.owner_node][vol.name] = Reservation(vol.owner_node, vol.pool, vol.capacity)
-            else:
-                self._pending[vol.owner_node].pop(vol.name, None)
+        if sign < 0:
+            self._pending[vol.owner_node].pop(vol.name, None)
+            self._unscanned[vol.owner_node].pop(vol.name, None)
+        elif vol.state is State.PENDING and not vol.deleting:
+            self._pending[vol.owner_node][vol.name] = Reservation(vol.owner_node, vol.pool, vol.capacity)
+        elif vol.state is State.READY and vol.inventory_generation > self._generation(vol.owner_node):
+            # Carved and Ready, its DeviceNode not yet rewritten: its bytes still count here (deleting or not: the
+            # partition is there until the agent removes it, and writes the DeviceNode before the object goes).
+            self._pending[vol.owner_node][vol.name] = Reservation(vol.owner_node, vol.pool, vol.capacity)
+            self._unscanned[vol.owner_node][vol.name] = vol.inventory_generation
         self._dirty.add(vol.owner_node)
+
+    def _generation(self, node: str) -> int:
+        dn = self.nodes.get(node)
+        return dn.generation if dn is not None else 0
 
     # -- reservations made by CreateVolume before the object exists ------------------------------------------
     def reserve(self, name: str, node: str, pool: str, size: int) -> None:

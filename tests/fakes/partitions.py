@@ -220,6 +220,7 @@ class FakeInventory:
         self._parts = parts
         self.gone: set[str] = set()  # disk paths whose disk vanished
         self.refreshes = 0
+        self.stamps = 0
 
     @property
     def disks(self) -> Sequence[PoolDisk]:
@@ -228,3 +229,7 @@ class FakeInventory:
     async def refresh(self) -> Sequence[PoolDisk]:
         self.refreshes += 1
         return self.disks
+
+    def stamp(self) -> int:
+        self.stamps += 1
+        return self.stamps

@@ -63,3 +63,45 @@ def test_the_cluster_state_holds_the_compact_form() -> None:
     cluster.on_volume(name, None, ready(name, cond("Ready", "True")))
     vol = cluster.volumes[name]
     assert vol.conditions == () and vol.placement.partition_uuid == "" and not vol.labels
+
+
+def node(generation: int | None, free: int = 10 << 30) -> dict[str, Any]:
+    annotations = {c.INVENTORY_GENERATION_ANNOTATION: str(generation)} if generation is not None else {}
+    row = {"name": "ssd", "uuid": "0FC63DAF-8483-4772-8E79-3D69D8477DE4", "size": str(20 << 30), "free": str(free)}
+    return {"metadata": {"name": "n1", "annotations": annotations}, "devices": [row]}
+
+
+def stamped(name: str, stamp: int, state: str = "Ready") -> dict[str, Any]:
+    obj = ready(name)
+    obj["status"].update(state=state, inventoryGeneration=stamp)
+    return obj
+
+
+def test_a_ready_volume_counts_against_its_node_until_the_device_node_reaches_its_stamp() -> None:
+    cs = ClusterState()
+    cs.on_node("n1", None, node(4))
+    cs.on_volume("a", None, stamped("a", 0, state="Pending"))
+    assert cs.node_state("n1").pending == {"ssd": (1 << 30,)}
+    cs.on_volume("a", None, stamped("a", 5))  # Ready, the DeviceNode (generation 4) predates its partition
+    cs.on_volume("old", None, stamped("old", 4))  # already shown by generation 4
+    cs.on_volume("theirs", None, stamped("theirs", 0))  # written by an agent that stamps nothing: as before
+    assert cs.node_state("n1").pending == {"ssd": (1 << 30,)}
+    cs.on_node("n1", None, node(5, free=9 << 30))  # the write that shows it
+    assert cs.node_state("n1").pending == {}
+    cs.on_volume("b", None, stamped("b", 6))
+    deleting = stamped("b", 6)
+    deleting["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    cs.on_volume("b", None, deleting)  # its partition is there until the agent removes it
+    assert cs.node_state("n1").pending == {"ssd": (1 << 30,)}
+    cs.on_volume("b", None, None)
+    assert cs.node_state("n1").pending == {}
+
+
+def test_volumes_listed_before_their_node_wait_for_it() -> None:
+    cs = ClusterState()
+    cs.on_volume("a", None, stamped("a", 3))
+    cs.on_volume("b", None, stamped("b", 7))
+    cs.on_node("n1", None, node(5))
+    assert cs.node_state("n1").pending == {"ssd": (1 << 30,)}  # b only
+    cs.on_node("n1", None, node(None))  # rewritten by an agent that numbers nothing (the original's): b still waits
+    assert cs.node_state("n1").pending == {"ssd": (1 << 30,)}

@@ -29,6 +29,7 @@ GUID_B = "BBBBBBBB-0000-0000-0000-000000000002"
 GIB = 1 << 30
 OWNER = {"apiVersion": "v1", "kind": "Node", "name": NODE, "uid": "1234", "controller": False}
 LABELS = {"topology.device.csi.openebs.io/node": NODE}
+GEN = c.INVENTORY_GENERATION_ANNOTATION
 
 
 def disk(path: str, guid: str, free: int = 10 * GIB, pool: str = "ssd") -> PoolDisk:
@@ -146,7 +147,7 @@ class World:
     held: set[str] = field(default_factory=set)
     owner: dict[str, Any] | None = field(default_factory=lambda: dict(OWNER))
 
-    def reporter(self) -> NodeReporter:
+    def reporter(self, write_delay: float = 10.0) -> NodeReporter:
         return NodeReporter(
             cast(Kube, self.store),
             cast(DiskInventory, self.inventory),
@@ -156,6 +157,7 @@ class World:
             3600.0,
             held=lambda: set(self.held),
             probe=self.host.probe,
+            write_delay=write_delay,
         )
 
     def add(self, *disks: PoolDisk) -> None:
@@ -227,7 +229,7 @@ async def test_a_change_is_written_over_the_version_read_keeping_annotations_and
     await rep.refresh()
     obj = world.store.nodes[NODE]
     assert world.store.devices()[GUID_A]["free"] == str(1 * GIB)
-    assert obj["metadata"]["annotations"] == cordon, "a DeviceNode rewrite dropped what the operator put there"
+    assert obj["metadata"]["annotations"] == {**cordon, GEN: "2"}, "a rewrite dropped what the operator put there"
     assert obj["metadata"]["ownerReferences"] == [OWNER]
     assert world.store.writes == 2
 
@@ -365,3 +367,79 @@ async def test_a_new_block_device_a_replaced_disk_or_a_failing_read_trigger_a_re
         await until(world.store.wrote, lambda: world.store.devices()[GUID_A]["healthy"] is True)
 
     await with_run(world, body)
+
+
+def generation(world: World) -> int:
+    return int(world.store.nodes[NODE]["metadata"]["annotations"][GEN])
+
+
+async def test_every_write_carries_the_generation_of_its_scan_and_a_new_process_continues_the_numbering(
+    world: World,
+) -> None:
+    rep = world.reporter()
+    await rep.refresh()
+    assert generation(world) == 1 and rep.generation == 1
+    await rep.refresh()  # nothing changed: no write, the generation it scanned with is not written
+    world.inventory.disks[1] = disk("/dev/sda", GUID_A, free=1 * GIB)
+    await rep.refresh()
+    assert generation(world) == 3 and world.store.writes == 2
+    again = world.reporter()  # a new process numbers on from what the API server holds
+    world.inventory.disks[1] = disk("/dev/sda", GUID_A, free=2 * GIB)
+    await again.refresh()
+    assert generation(world) == 4
+
+
+async def test_a_stamp_is_written_by_a_scan_that_started_after_it_within_the_delay(world: World) -> None:
+    rep = world.reporter(write_delay=0.05)
+    await rep.refresh()
+    task = asyncio.create_task(rep.run(health_interval=3600))
+    try:
+        await until(world.inventory.scanning, lambda: world.inventory.scans >= 2)  # run's first resync
+        await asyncio.sleep(0.01)
+        gate = world.inventory.gate = asyncio.Event()
+        world.store.wrote.clear()
+        in_flight = asyncio.create_task(rep.refresh())  # a scan already running when the partition is made
+        await until(world.inventory.scanning, lambda: world.inventory.scans == 3)
+        world.inventory.disks[1] = disk("/dev/sda", GUID_A, free=1 * GIB)  # the partition is made
+        stamps = [rep.stamp() for _ in range(3)]  # three creates of a burst share one stamp and one write
+        assert len(set(stamps)) == 1 and stamps[0] > 3
+        gate.set()
+        await in_flight
+        assert generation(world) == 3 < stamps[0], "a scan that started before the partition cannot claim it"
+        await until(world.store.wrote, lambda: generation(world) >= stamps[0])
+        assert world.store.devices()[GUID_A]["free"] == str(1 * GIB)
+        assert world.inventory.scans == 4
+        writes = world.store.writes
+        await asyncio.sleep(0.2)
+        assert world.store.writes == writes and world.inventory.scans == 4, "wrote again with nothing stamped"
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_a_stamp_is_written_even_when_the_scan_finds_nothing_new(world: World) -> None:
+    """A scan that began after the partition was made but was written before the stamp was taken shows it already:
+    the next scan sees no change, yet must write the generation the volume waits for."""
+    rep = world.reporter(write_delay=0.01)
+    await rep.refresh()
+    stamp = rep.stamp()
+    await rep.refresh()  # content unchanged; generation written all the same
+    assert generation(world) >= stamp and world.store.writes == 2
+
+
+async def test_a_restarted_agent_writes_stamps_its_previous_process_took_and_did_not_write(world: World) -> None:
+    first = world.reporter()
+    await first.refresh()
+    stamp = first.stamp()  # the volume reads Ready with it; the process dies before writing
+    again = world.reporter(write_delay=0.01)
+    await again.refresh()  # unchanged: no write
+    assert generation(world) < stamp and world.store.writes == 1
+    task = asyncio.create_task(again.run(health_interval=3600))
+    try:
+        again.promise(stamp)  # found on its volumes once the informer synced
+        await until(world.store.wrote, lambda: generation(world) >= stamp)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task

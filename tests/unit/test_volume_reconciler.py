@@ -78,9 +78,11 @@ async def test_pending_volume_is_carved_wiped_and_reported_ready() -> None:
     assert slot.content == "wiped" and slot.size == 64 * MIB
     assert vol.placement.disk_guid == GUID_A and vol.placement.device_path == f"/dev/fap{slot.number}"
     assert vol.capacity_bytes == 64 * MIB
-    # The finalizer goes on before any disk is touched; the DeviceNode is refreshed before Ready is written.
+    # The finalizer goes on before any disk is touched; Ready carries the inventory stamp instead of waiting for a
+    # DeviceNode write.
     assert w.kube.writes[1] == ("add-finalizer", c.VOLUME_PLURAL, name)
-    assert w.parts.calls[0] == ("find", naming.partition_name(name)) and w.inv.refreshes == 1
+    assert w.parts.calls[0] == ("find", naming.partition_name(name)) and w.inv.refreshes == 0
+    assert w.inv.stamps == 1 and vol.inventory_generation == 1
 
 
 async def test_a_ready_volume_is_left_alone() -> None:
