@@ -54,7 +54,7 @@ class Settings:
     publish_roots: tuple[str, ...] = ()  # NodePublish/Unpublish targets must lie under one of these directories
     heartbeat_seconds: float = 10.0  # the agent renews its heartbeat Lease this often (it lasts 4 periods)
     default_fstype: str = "ext4"  # the filesystem a mount capability that names none gets
-    inventory_write_seconds: float = 10.0  # the DeviceNode shows new partitions at most this long after they are made
+    inventory_write_seconds: float = 5.0  # the DeviceNode shows new partitions at most this long after they are made
 
     @property
     def socket_path(self) -> str:
@@ -89,7 +89,7 @@ _ENV: Mapping[str, tuple[str, str]] = {
     # Where kubelet puts publish targets: mount targets under pods/, raw block targets under plugins/kubernetes.io/csi.
     "heartbeat_seconds": ("HEARTBEAT_SECONDS", "10"),
     "default_fstype": ("DEFAULT_FSTYPE", "ext4"),
-    "inventory_write_seconds": ("INVENTORY_WRITE_SECONDS", "10"),
+    "inventory_write_seconds": ("INVENTORY_WRITE_SECONDS", "5"),
     "publish_roots": ("PUBLISH_ROOTS", "/var/lib/kubelet/pods,/var/lib/kubelet/plugins/kubernetes.io/csi"),
 }
 

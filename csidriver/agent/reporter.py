@@ -27,7 +27,7 @@ from typing import Any
 
 from csidriver.api import constants as c
 from csidriver.api.objects import Device, devices_list, inventory_generation
-from csidriver.host.disks import DiskInventory, PoolDisk, sys_identity
+from csidriver.host.disks import DiskInventory, PoolDisk, partition_of, sys_identity
 from csidriver.host.health import ReadProbe, present
 from csidriver.kube.resources import Conflict, Kube
 
@@ -52,7 +52,7 @@ class NodeReporter:
         resync_seconds: float,
         held: Callable[[], set[str]] = set,
         probe: Callable[[str], str | None] | None = None,
-        write_delay: float = 10.0,
+        write_delay: float = 5.0,
     ) -> None:
         """`held` returns the GPT GUIDs (upper case) of the disks this node's volumes are placed on; `probe` says
         why a disk cannot be read (an O_DIRECT read of its first 4 KiB, bounded in time), or None; `write_delay` is
@@ -77,6 +77,7 @@ class NodeReporter:
         self._next_generation = 1  # generation of the next scan to start
         self._promised = 0  # highest generation stamped on a volume: the DeviceNode must reach it
         self._stamped = asyncio.Event()  # a stamp is waiting for its write
+        self._gathering: asyncio.Future[list[PoolDisk]] | None = None  # the gathered refresh callers may still join
         self.disks: list[PoolDisk] = []  # healthy pool disks of the last scan
         self.failed: list[PoolDisk] = []  # pool disks seen before that are now unreadable or gone
         self._known: dict[str, PoolDisk] = {}
@@ -95,7 +96,14 @@ class NodeReporter:
             "devices": devices_list(devices),
         }
 
-    async def refresh(self) -> list[PoolDisk]:
+    async def refresh(self, gather: float = 0.0) -> list[PoolDisk]:
+        """Scan, and write the DeviceNode when it changed (or a stamp waits for it). With `gather`, the scan starts
+        that long after the first of the callers asking meanwhile, who all share it (a burst of deletions: one scan
+        and one write for several)."""
+        if gather > 0:
+            if self._gathering is None:
+                self._gathering = asyncio.ensure_future(self._gathered(gather))
+            return await asyncio.shield(self._gathering)
         want = self._started + 1
         async with self._lock:
             if self._completed >= want:
@@ -137,6 +145,11 @@ class NodeReporter:
             self.scanned.set()
             self._completed = ticket
             return self.disks
+
+    async def _gathered(self, delay: float) -> list[PoolDisk]:
+        await asyncio.sleep(delay)
+        self._gathering = None  # who asks from here on may need a scan that starts later than this one
+        return await self.refresh()
 
     def stamp(self) -> int:
         """The inventory generation from which this node's DeviceNode shows a partition made before this call; `run`
@@ -239,7 +252,16 @@ class NodeReporter:
         if self._poked:
             self._poked = False
             return True
-        return self._vanished() or self._failing() or self._inventory.block_names() != self._block_names
+        if self._vanished() or self._failing():
+            return True
+        # Partitions of our pool disks come and go with our own creates and deletes: only other names count.
+        pools = [os.path.basename(d.path) for d in self.disks]
+
+        def others(names: frozenset[str]) -> set[str]:
+            return {n for n in names if not any(partition_of(n, disk) for disk in pools)}
+
+        names = self._inventory.block_names()
+        return names != self._block_names and others(names) != others(self._block_names)
 
     async def run(self, health_interval: float = 5.0) -> None:
         """Resync and watch the disks' health; write the DeviceNode for stamps."""

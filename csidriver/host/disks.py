@@ -279,6 +279,17 @@ def _list_dir(path: str) -> list[str]:
         return []
 
 
+def partition_of(name: str, disk: str) -> bool:
+    """Whether kernel name `name` is a partition of disk `disk` by the kernel's naming rule: the disk's name, then
+    the number, with a "p" between when the disk's name ends in a digit (sda1, nvme0n1p1, loop20p1)."""
+    if not disk or not name.startswith(disk) or name == disk:
+        return False
+    rest = name[len(disk) :]
+    if disk[-1].isdigit():
+        return rest.startswith("p") and rest[1:].isdigit()
+    return rest.isdigit()
+
+
 def sys_identity(name: str) -> tuple[str, str] | None:
     """What sysfs says of a block device without running a command: (diskseq, size in sectors), or None when it
     is gone. diskseq (Linux 5.15+) changes whenever other media appear under the same name (a disk swapped for

@@ -226,7 +226,7 @@ class FakeInventory:
     def disks(self) -> Sequence[PoolDisk]:
         return [d.as_pool_disk() for p, d in self._parts.disks.items() if p not in self.gone]
 
-    async def refresh(self) -> Sequence[PoolDisk]:
+    async def refresh(self, gather: float = 0.0) -> Sequence[PoolDisk]:
         self.refreshes += 1
         return self.disks
 

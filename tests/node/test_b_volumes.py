@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from harness.disks import partitions
+from harness.node import wait_for
 from harness.workloads import NAMESPACE, NodeCluster
 
 MIB = 1 << 20
@@ -51,7 +52,8 @@ def test_pods_keep_data_across_pods(node: NodeCluster, fstype: str, binding: str
     disk = volume["status"]["diskPath"]
     part_name = volume["status"]["partitionName"]
     assert any(p.get("name") == part_name for p in partitions(disk)), f"{part_name} not on {disk}"
-    assert node.free_bytes() < free_before
+    # Written to the DeviceNode within the agent's INVENTORY_WRITE_SECONDS (5) of the create.
+    wait_for("the DeviceNode shows the volume", lambda: node.free_bytes() < free_before, 15)
 
     read = node.run_pod(
         f"reader-{fstype}-{short}", claim, READ_BLOCK if block else READ_FS, block=block, read_only=True

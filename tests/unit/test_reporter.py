@@ -19,7 +19,7 @@ import pytest
 from csidriver.agent import reporter as reporter_module
 from csidriver.agent.reporter import NodeReporter
 from csidriver.api import constants as c
-from csidriver.host.disks import DiskInventory, PoolDisk, ScanResult
+from csidriver.host.disks import DiskInventory, PoolDisk, ScanResult, partition_of
 from csidriver.host.parsers import DiskTable
 from csidriver.kube.resources import Conflict, Gone, Kube
 
@@ -443,3 +443,47 @@ async def test_a_restarted_agent_writes_stamps_its_previous_process_took_and_did
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_gathered_refreshes_share_one_scan_started_after_the_last_of_them_asked(world: World) -> None:
+    rep = world.reporter()
+    await rep.refresh()
+    first = asyncio.create_task(rep.refresh(gather=0.05))
+    await asyncio.sleep(0.02)
+    world.inventory.disks[1] = disk("/dev/sda", GUID_A, free=1 * GIB)  # a partition removed meanwhile
+    second = asyncio.create_task(rep.refresh(gather=0.05))
+    await asyncio.wait_for(asyncio.gather(first, second), 5)
+    assert world.inventory.scans == 2 and world.store.writes == 2
+    assert world.store.devices()[GUID_A]["free"] == str(1 * GIB)
+    await asyncio.wait_for(rep.refresh(gather=0.01), 5)  # after that gathering: a scan of its own
+    assert world.inventory.scans == 3
+
+
+@pytest.mark.parametrize(
+    ("name", "disk", "expected"),
+    [
+        ("sda1", "sda", True),
+        ("sdaa", "sda", False),  # another disk
+        ("sda", "sda", False),
+        ("loop20p3", "loop20", True),
+        ("loop20", "loop2", False),  # a disk whose name ends in a digit has "p" before partition numbers
+        ("loop2p1", "loop2", True),
+        ("nvme0n1p12", "nvme0n1", True),
+        ("nvme0n12", "nvme0n1", False),
+    ],
+)
+def test_partition_names_follow_the_kernel_rule(name: str, disk: str, expected: bool) -> None:
+    assert partition_of(name, disk) is expected
+
+
+async def test_partitions_of_pool_disks_coming_and_going_trigger_no_rescan(world: World) -> None:
+    """Our own creates and deletes add and remove them; a scan for each would write the DeviceNode each time."""
+
+    async def body(r: Running) -> None:
+        world.inventory.names.update({"sda1", "sdb2"})
+        await r.quiet(1)
+        world.inventory.names.add("sdc1")  # a partition table on another disk: perhaps a new pool disk
+        await r.scans_reach(2)
+        await r.quiet(2)
+
+    await with_run(world, body)
