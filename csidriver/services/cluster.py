@@ -219,7 +219,11 @@ class ClusterState:
             self._unscanned[vol.owner_node].pop(vol.name, None)
         elif vol.state is State.PENDING and not vol.deleting:
             self._pending[vol.owner_node][vol.name] = Reservation(vol.owner_node, vol.pool, vol.capacity)
-        elif vol.state is State.READY and vol.inventory_generation > self._generation(vol.owner_node):
+        elif (
+            vol.inventory_generation
+            and vol.state is State.READY
+            and vol.inventory_generation > self._generation(vol.owner_node)
+        ):
             # Carved and Ready, its DeviceNode not yet rewritten: its bytes still count here (deleting or not: the
             # partition is there until the agent removes it, and writes the DeviceNode before the object goes).
             self._pending[vol.owner_node][vol.name] = Reservation(vol.owner_node, vol.pool, vol.capacity)

@@ -157,3 +157,30 @@ def test_controller_restart_keeps_serving(cluster: Cluster) -> None:
     b = create(cluster.controller_channel, name, 2 * MIB)
     assert a.volume_id == b.volume_id
     delete(cluster.controller_channel, name)
+
+
+def _generation(cluster: Cluster) -> int:
+    dn = json.loads(cluster.api.kubectl("get", "devicenode", "-n", "openebs", NODE, "-o", "json"))
+    return int((dn["metadata"].get("annotations") or {}).get("local.openebs.io/inventory-generation", "0"))
+
+
+def test_a_stamp_left_unwritten_by_a_killed_agent_is_written_by_the_next(cluster: Cluster) -> None:
+    """A Ready volume's DeviceNode write comes within INVENTORY_WRITE_SECONDS; an agent killed before it leaves the
+    stamp on the volume, and the next process writes a DeviceNode that reaches it (the controller counts the volume
+    itself until then, so it is never counted zero times)."""
+    name = f"pvc-{uuid.uuid4()}"
+    create(cluster.controller_channel, name, 4 * MIB)
+    agent = cluster.driver.processes[f"agent-{NODE}"]
+    agent.kill()  # well within the 5 s write delay
+    stamp = volumes(cluster)[name]["status"]["inventoryGeneration"]
+    try:
+        assert _generation(cluster) < stamp, "the DeviceNode was written before Ready: nothing to test"
+        agent.start().wait_ready()
+        deadline = time.monotonic() + 30
+        while _generation(cluster) < stamp:
+            assert time.monotonic() < deadline, f"DeviceNode generation {_generation(cluster)} never reached {stamp}"
+            time.sleep(0.2)
+    finally:
+        if agent.proc is None or agent.proc.poll() is not None:
+            agent.start().wait_ready()
+        delete(cluster.controller_channel, name)
