@@ -29,7 +29,12 @@ def reasons(kube: KubeCluster, claim: str) -> list[str]:
     out = kube.api.kubectl(
         "get", "events", "-n", "default", "--field-selector", f"involvedObject.name={claim}", "-o", "json"
     )
-    items = sorted(json.loads(out)["items"], key=lambda e: (e.get("lastTimestamp") or "", e["metadata"]["name"]))
+    # lastTimestamp has whole seconds: two Events of one second are ordered by when they were last written (the
+    # store's resourceVersion), not by their random names.
+    items = sorted(
+        json.loads(out)["items"],
+        key=lambda e: (e.get("lastTimestamp") or "", int(e["metadata"]["resourceVersion"])),
+    )
     return [e["reason"] for e in items]
 
 
