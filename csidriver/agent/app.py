@@ -157,6 +157,14 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
                     ""
                 }
 
+            def disks_back(guids: set[str]) -> None:
+                # A deletion held back while its disk failed goes at once, not at the end of its backoff.
+                back = {g.upper() for g in guids}
+                for name, raw in list(informer.cache.items()):
+                    if str((raw.get("status") or {}).get("diskGUID") or "").upper() in back:
+                        for w in wake:
+                            w(name)
+
             reporter = NodeReporter(
                 kube,
                 inventory,
@@ -166,6 +174,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
                 settings.resync_seconds,
                 held=held,
                 write_delay=settings.inventory_write_seconds,
+                recovered=disks_back,
             )
             reporter_box.append(reporter)
             metrics.add_collector(lambda: _disk_metrics(reporter))

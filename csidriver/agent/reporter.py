@@ -53,10 +53,13 @@ class NodeReporter:
         held: Callable[[], set[str]] = set,
         probe: Callable[[str], str | None] | None = None,
         write_delay: float = 5.0,
+        recovered: Callable[[set[str]], None] = lambda _guids: None,
     ) -> None:
         """`held` returns the GPT GUIDs (upper case) of the disks this node's volumes are placed on; `probe` says
         why a disk cannot be read (an O_DIRECT read of its first 4 KiB, bounded in time), or None; `write_delay` is
-        how long after a stamp the DeviceNode is written (stamps taken meanwhile share the write)."""
+        how long after a stamp the DeviceNode is written (stamps taken meanwhile share the write); `recovered` is
+        told the GUIDs of failed disks that scan healthy again, once the DeviceNode says so."""
+        self._recovered = recovered
         self._kube = kube
         self._inventory = inventory
         self._node = node_id
@@ -135,11 +138,14 @@ class NodeReporter:
                 log.info("pool disk %s is gone and no volume of this node is on it: no longer reported", g)
                 del self._known[g]
             newly = [d for g, d in self._known.items() if g not in healthy and d not in self.failed]
+            back = {d.guid for d in self.failed} & healthy
             self.failed = [d for g, d in self._known.items() if g not in healthy]
             self._known.update({d.guid: d for d in self.disks})
             for d in newly:
                 log.error("pool disk %s (%s, pool %s) failed: unreadable or gone", d.guid, d.path, d.pool)
             await self._publish(devices_of(self.disks, self.failed), generation)
+            if back:
+                self._recovered(back)
             # Ready (Probe) only once the DeviceNode holds this scan: a CreateVolume right after the agent starts
             # must find its pools.
             self.scanned.set()

@@ -147,6 +147,8 @@ class World:
     held: set[str] = field(default_factory=set)
     owner: dict[str, Any] | None = field(default_factory=lambda: dict(OWNER))
 
+    recovered: list[set[str]] = field(default_factory=list)
+
     def reporter(self, write_delay: float = 10.0) -> NodeReporter:
         return NodeReporter(
             cast(Kube, self.store),
@@ -158,6 +160,7 @@ class World:
             held=lambda: set(self.held),
             probe=self.host.probe,
             write_delay=write_delay,
+            recovered=self.recovered.append,
         )
 
     def add(self, *disks: PoolDisk) -> None:
@@ -254,9 +257,13 @@ async def test_a_disk_failing_reads_is_reported_unhealthy_with_no_space(world: W
     assert a["healthy"] is False and a["free"] == "0" and a["largestExtent"] == "0" and a["freeEntries"] == 0
     assert a["size"] == str(20 * GIB) and a["path"] == "/dev/sda"
     assert world.store.devices()[GUID_B]["healthy"] is True
+    assert world.recovered == []
     del world.host.failing["/dev/sda"]
     await rep.refresh()
     assert world.store.devices()[GUID_A]["healthy"] is True
+    assert world.recovered == [{GUID_A}], "volumes waiting on the disk are told once it reads again"
+    await rep.refresh()
+    assert world.recovered == [{GUID_A}]
 
 
 async def test_a_vanished_disk_stays_unhealthy_only_while_a_volume_is_on_it(world: World) -> None:
