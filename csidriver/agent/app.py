@@ -153,17 +153,14 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             informer = kube.volume_informer(settings.node_id)
 
             def held() -> set[str]:
-                return {str((v.get("status") or {}).get("diskGUID") or "").upper() for v in informer.cache.values()} - {
-                    ""
-                }
+                return {_disk_guid(v) for v in informer.cache.values()} - {""}
 
             def disks_back(guids: set[str]) -> None:
                 # A deletion held back while its disk failed goes at once, not at the end of its backoff.
                 back = {g.upper() for g in guids}
-                for name, raw in list(informer.cache.items()):
-                    if str((raw.get("status") or {}).get("diskGUID") or "").upper() in back:
-                        for w in wake:
-                            w(name)
+                for name in [name for name, v in informer.cache.items() if _disk_guid(v) in back]:
+                    for w in wake:
+                        w(name)
 
             reporter = NodeReporter(
                 kube,
@@ -274,6 +271,11 @@ async def _promise_stamps(informer: Informer, reporter: NodeReporter) -> None:
     """After a restart: stamps on this node's volumes that the previous process took and did not write."""
     await informer.synced.wait()
     reporter.promise(max((_stamp(v) for v in informer.cache.values()), default=0))
+
+
+def _disk_guid(raw: Mapping[str, Any]) -> str:
+    """The GPT GUID (upper case) of the disk a volume is placed on, or ""."""
+    return str((raw.get("status") or {}).get("diskGUID") or "").upper()
 
 
 def _stamp(raw: Mapping[str, Any]) -> int:

@@ -172,52 +172,38 @@ class NodeReporter:
         if self._promised > self._generation:
             self._stamped.set()
 
-    @property
-    def generation(self) -> int:
-        """The inventory generation the API server holds, as far as this process knows."""
-        return self._generation
-
     async def _publish(self, devices: tuple[Device, ...], generation: int) -> None:
         body = self._body(devices)
         if self._written is None:
-            current = await self._kube.get_device_node(self._node)
-            if current is not None:
-                self._learn(current)
-                # This process's first write continues the numbering: no stamp was taken before its first scan.
-                generation = max(generation, self._generation + 1)
-                self._next_generation = max(self._next_generation, generation + 1)
-            else:
-                self._written = await self._kube.create_device_node(self._stamped_body(body, {}, generation))
-                self._generation = generation
-                return
-        assert self._written is not None
-        if _same(self._written, body) and self._generation >= self._promised:
+            await self._read()
+            # This process's first write continues the numbering: no stamp was taken before its first scan.
+            generation = max(generation, self._generation + 1)
+            self._next_generation = max(self._next_generation, generation + 1)
+        if self._written and _same(self._written, body) and self._generation >= self._promised:
             return
         for _ in range(5):
-            current = self._written["metadata"]
-            # Keep what operators put there (cordoned disks): a replace would otherwise drop it.
-            stamped = self._stamped_body(body, current.get("annotations") or {}, generation)
-            stamped["metadata"]["resourceVersion"] = current["resourceVersion"]
             try:
-                self._written = await self._kube.replace_device_node(self._node, stamped)
+                if not self._written:
+                    self._written = await self._kube.create_device_node(self._stamped_body(body, {}, generation))
+                else:
+                    current = self._written["metadata"]
+                    # Keep what operators put there (cordoned disks): a replace would otherwise drop it.
+                    stamped = self._stamped_body(body, current.get("annotations") or {}, generation)
+                    stamped["metadata"]["resourceVersion"] = current["resourceVersion"]
+                    self._written = await self._kube.replace_device_node(self._node, stamped)
                 self._generation = generation
                 return
             except Conflict:
-                fresh = await self._kube.get_device_node(self._node)
-                if fresh is None:
-                    self._written = await self._kube.create_device_node(self._stamped_body(body, {}, generation))
-                    self._generation = generation
-                    return
-                self._learn(fresh)
-                if generation <= self._generation:  # this annotation has one writer, this agent: not expected
-                    log.warning("DeviceNode %s: inventory generation %d found", self._node, self._generation)
-                    generation = self._generation + 1
-                    self._next_generation = max(self._next_generation, generation + 1)
+                await self._read()
+                # This annotation has one writer, this agent: a higher number found is not expected, but is passed.
+                generation = max(generation, self._generation + 1)
+                self._next_generation = max(self._next_generation, generation + 1)
         raise RuntimeError(f"DeviceNode {self._node}: too many conflicting writers")
 
-    def _learn(self, current: dict[str, Any]) -> None:
-        self._written = current
-        self._generation = inventory_generation(current.get("metadata") or {})
+    async def _read(self) -> None:
+        """What the API server holds ({} when there is no DeviceNode) and its inventory generation."""
+        self._written = await self._kube.get_device_node(self._node) or {}
+        self._generation = inventory_generation(self._written.get("metadata") or {})
 
     @staticmethod
     def _stamped_body(body: dict[str, Any], annotations: Mapping[str, str], generation: int) -> dict[str, Any]:

@@ -90,6 +90,7 @@ class Reservation:
     node: str
     pool: str
     size: int
+    until: int = 0  # a Ready volume's stamp: counted until its node's DeviceNode reaches it (0: while Pending)
 
 
 class ClusterState:
@@ -106,8 +107,6 @@ class ClusterState:
         self.volumes: dict[str, DeviceVolume] = {}
         self._load: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])  # (node,pool) -> bytes, count
         self._pending: dict[str, dict[str, Reservation]] = defaultdict(dict)  # node -> volume -> reservation
-        # node -> Ready volume -> the inventory generation its DeviceNode must reach to account for it
-        self._unscanned: dict[str, dict[str, int]] = defaultdict(dict)
         self._reserved: dict[str, Reservation] = {}  # volume -> reservation made here, not yet in the cache
         self._deleted: dict[str, None] = {}  # volumes whose deletion the watch delivered, oldest first (bounded)
         self._states: dict[str, NodeState] = {}  # scheduler snapshots of every node, rebuilt when dirty
@@ -154,11 +153,10 @@ class ClusterState:
         else:
             node = self.nodes[name] = node_from_dict(new)
             self._dirty.add(name)
-            waiting = self._unscanned.get(name)
-            if waiting:
-                for vol in [v for v, generation in waiting.items() if generation <= node.generation]:
-                    del waiting[vol]
-                    self._pending[name].pop(vol, None)
+            pending = self._pending.get(name)
+            if pending:
+                for vol in [v for v, r in pending.items() if 0 < r.until <= node.generation]:
+                    del pending[vol]
 
     def on_heartbeat(self, name: str, _old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> None:
         """An agent's heartbeat Lease changed. Expiry is judged on our own clock from when a renewal was first seen
@@ -216,7 +214,6 @@ class ClusterState:
         load[1] += sign
         if sign < 0:
             self._pending[vol.owner_node].pop(vol.name, None)
-            self._unscanned[vol.owner_node].pop(vol.name, None)
         elif vol.state is State.PENDING and not vol.deleting:
             self._pending[vol.owner_node][vol.name] = Reservation(vol.owner_node, vol.pool, vol.capacity)
         elif (
@@ -226,8 +223,8 @@ class ClusterState:
         ):
             # Carved and Ready, its DeviceNode not yet rewritten: its bytes still count here (deleting or not: the
             # partition is there until the agent removes it, and writes the DeviceNode before the object goes).
-            self._pending[vol.owner_node][vol.name] = Reservation(vol.owner_node, vol.pool, vol.capacity)
-            self._unscanned[vol.owner_node][vol.name] = vol.inventory_generation
+            until = vol.inventory_generation
+            self._pending[vol.owner_node][vol.name] = Reservation(vol.owner_node, vol.pool, vol.capacity, until)
         self._dirty.add(vol.owner_node)
 
     def _generation(self, node: str) -> int:

@@ -385,7 +385,7 @@ async def test_every_write_carries_the_generation_of_its_scan_and_a_new_process_
 ) -> None:
     rep = world.reporter()
     await rep.refresh()
-    assert generation(world) == 1 and rep.generation == 1
+    assert generation(world) == 1
     await rep.refresh()  # nothing changed: no write, the generation it scanned with is not written
     world.inventory.disks[1] = disk("/dev/sda", GUID_A, free=1 * GIB)
     await rep.refresh()
