@@ -7,7 +7,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar, dataclass_transform
 
 from csidriver.api import constants as c
 from csidriver.api.quantity import parse_quantity
@@ -24,7 +24,19 @@ class ErrorCode(enum.Enum):
     INSUFFICIENT_CAPACITY = "InsufficientCapacity"
 
 
-@dataclass(frozen=True, slots=True)
+_T = TypeVar("_T")
+
+
+@dataclass_transform(frozen_default=True, field_specifiers=(field,))
+def _record(cls: type[_T]) -> type[_T]:
+    """A frozen dataclass to the type checker (mypy rejects any assignment to a field), and at run time a dataclass
+    with slots and the hash a frozen one has, whose __init__ stores each field directly rather than through one
+    object.__setattr__ call per field. The controller builds a DeviceVolume and a Placement for every volume of the
+    cluster as it starts: building both took half the time of volume_from_dict when they were frozen at run time."""
+    return dataclass(slots=True, unsafe_hash=True)(cls)
+
+
+@_record
 class Placement:
     """Where the agent carved the volume (superset fields; absent on objects made by the original driver)."""
 
@@ -36,7 +48,7 @@ class Placement:
     device_path: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@_record
 class DeviceVolume:
     name: str
     owner_node: str
@@ -67,7 +79,7 @@ def _mapping(raw: object) -> Mapping[str, str]:
 
 
 def _shared(raw: object) -> str:
-    return sys.intern(str(raw)) if raw else ""
+    return "" if not raw else sys.intern(raw) if type(raw) is str else sys.intern(str(raw))
 
 
 _SOURCES = (c.CLONE_SOURCE_ANNOTATION, c.RESTORE_SOURCE_ANNOTATION)
@@ -77,7 +89,7 @@ def _annotations(raw: object, compact: bool) -> Mapping[str, str]:
     """A volume's annotations; compact: only those naming what it is filled from (all the controller reads)."""
     if not compact or not raw:
         return _mapping(raw)
-    if not isinstance(raw, Mapping):
+    if type(raw) is not dict and not isinstance(raw, Mapping):
         return _NOTHING
     return _mapping({k: raw[k] for k in _SOURCES if k in raw})
 
@@ -109,9 +121,9 @@ def volume_from_dict(obj: Mapping[str, Any], *, compact: bool = False) -> Device
     spec = obj.get("spec") or {}
     status = obj.get("status") or {}
     code, message = _error(status)
-    conditions = tuple(status.get("conditions") or ())
+    conditions = status.get("conditions") or ()
     if compact and conditions:
-        conditions = tuple(c for c in conditions if not isinstance(c, Mapping) or c.get("status") != "True")
+        conditions = [c for c in conditions if not (isinstance(c, dict) and c.get("status") == "True")]
     return DeviceVolume(
         name=meta.get("name", ""),
         owner_node=_shared(spec.get("ownerNodeID")),
@@ -126,7 +138,7 @@ def volume_from_dict(obj: Mapping[str, Any], *, compact: bool = False) -> Device
         resource_version=meta.get("resourceVersion", ""),
         labels=_NOTHING if compact else _mapping(meta.get("labels")),
         annotations=_annotations(meta.get("annotations"), compact),
-        conditions=conditions,
+        conditions=tuple(conditions) if conditions else (),
         generation=_whole(meta.get("generation")) or 0,
         capacity_bytes=_whole(status.get("capacityBytes")),
         inventory_generation=_whole(status.get("inventoryGeneration")) or 0,
@@ -171,23 +183,18 @@ _UNPLACED = Placement()
 
 
 def _placement(status: Mapping[str, Any], compact: bool = False) -> Placement:
-    get = status.get  # each key tested in turn: this runs for every volume the controller caches
-    if not (
-        get("diskGUID")
-        or get("diskPath")
-        or get("partitionName")
-        or get("partitionUUID")
-        or get("partitionNumber")
-        or get("devicePath")
-    ):
+    get = status.get  # this runs for every volume the controller caches
+    guid, disk, number, device = get("diskGUID"), get("diskPath"), get("partitionNumber"), get("devicePath")
+    name, uuid = get("partitionName"), get("partitionUUID")
+    if not (guid or disk or name or uuid or number or device):
         return _UNPLACED  # not carved yet (or an original driver's object): one shared empty Placement
     return Placement(
-        disk_guid=_shared(status.get("diskGUID")),
-        disk_path=_shared(status.get("diskPath")),
-        partition_name="" if compact else status.get("partitionName", ""),
-        partition_uuid="" if compact else status.get("partitionUUID", ""),
-        partition_number=_whole(status.get("partitionNumber")) or 0,
-        device_path=status.get("devicePath", ""),
+        disk_guid=_shared(guid),
+        disk_path=_shared(disk),
+        partition_name="" if compact or name is None else name,
+        partition_uuid="" if compact or uuid is None else uuid,
+        partition_number=_whole(number) or 0,
+        device_path="" if device is None else device,
     )
 
 
@@ -246,8 +253,8 @@ def _bytes(value: object) -> int:
 
 
 def _whole(value: object) -> int | None:
-    """A non-negative JSON integer, or None for anything else."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+    """A non-negative JSON integer, or None for anything else (a bool too)."""
+    return value if type(value) is int and value >= 0 else None
 
 
 def new_volume_body(name: str, namespace: str, node: str, pool: str, capacity: int, csi_name: str) -> dict[str, Any]:

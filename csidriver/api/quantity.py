@@ -28,6 +28,8 @@ _QUANTITY = re.compile(r"([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|n|
 
 def parse_quantity(value: object) -> int:
     """Bytes in a Quantity (int or string); rounds fractions up; raises ValueError on garbage."""
+    if type(value) is str and len(value) <= 18 and value.isascii() and value.isdigit():
+        return int(value)  # plain bytes, as the driver writes them (every volume the controller reads at start)
     if isinstance(value, bool):
         raise ValueError(f"not a quantity: {value!r}")
     if isinstance(value, int):

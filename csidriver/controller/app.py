@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from csidriver.config import Settings
 from csidriver.controller.diskevents import DiskFailureEvents
 from csidriver.csi import csi_pb2_grpc
+from csidriver.kube import wire
 from csidriver.kube.client import make_api_client
 from csidriver.kube.lease import LeaseElector
 from csidriver.kube.resources import Kube
@@ -55,10 +56,11 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     kube = Kube(api, settings.namespace, "device-localpv-controller")
     cluster = ClusterState()
     # Every object of the cluster, streamed; ClusterState keeps its own compact form of each (see Kube._informer).
-    volumes = kube.volume_informer()
+    # Their watches are read by the compiled decoder, which skips managedFields (DeviceNodes have another shape).
+    volumes = kube.volume_informer(decode=wire.decode_event)
     nodes = kube.node_informer()
-    heartbeats = kube.heartbeat_informer()
-    snapshots = kube.snapshot_informer()
+    heartbeats = kube.heartbeat_informer(decode=wire.decode_event)
+    snapshots = kube.snapshot_informer(decode=wire.decode_event)
     volumes.subscribe(cluster.on_volume)
     nodes.subscribe(cluster.on_node)
     heartbeats.subscribe(cluster.on_heartbeat)

@@ -7,7 +7,7 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -16,11 +16,22 @@ from csidriver.kube import http
 from csidriver.kube.http import ApiError
 
 Obj = dict[str, Any]
+Decode = Callable[[bytes], Obj]  # one line of a watch -> its event
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 WRITES = ("create", "update", "patch", "delete")
 
-__all__ = ["JSON_PATCH", "MERGE_PATCH", "ApiClient", "ApiError", "TokenBucket", "make_api_client", "path", "verb_of"]
+__all__ = [
+    "JSON_PATCH",
+    "MERGE_PATCH",
+    "ApiClient",
+    "ApiError",
+    "Decode",
+    "TokenBucket",
+    "make_api_client",
+    "path",
+    "verb_of",
+]
 
 
 class TokenBucket:
@@ -131,22 +142,24 @@ class ApiClient:
                 return got
 
     @asynccontextmanager
-    async def watch(self, target: str, **params: Any) -> AsyncIterator[AsyncIterator[Obj]]:
+    async def watch(
+        self, target: str, *, decode: Decode = json.loads, **params: Any
+    ) -> AsyncIterator[AsyncIterator[Obj]]:
         """A watch of `target` (a collection) with `params` (resourceVersion, labelSelector, fieldSelector,
-        allowWatchBookmarks, timeoutSeconds): its events as they arrive. An ERROR event raises its Status as an
-        ApiError (410 Gone: the version is too old, relist)."""
+        allowWatchBookmarks, timeoutSeconds): its events as they arrive, each line read by `decode`. An ERROR event
+        raises its Status as an ApiError (410 Gone: the version is too old, relist)."""
         query = {**params, "watch": True}
         self.requests["watch"] += 1
         async with self.transport.stream("GET", target + _query(query)) as lines:
-            yield _events(lines)
+            yield _events(lines, decode)
 
     async def close(self) -> None:
         await self.transport.close()
 
 
-async def _events(lines: AsyncIterator[bytes]) -> AsyncIterator[Obj]:
+async def _events(lines: AsyncIterator[bytes], decode: Decode) -> AsyncIterator[Obj]:
     async for line in lines:
-        event: Obj = json.loads(line)
+        event = decode(line)
         if event.get("type") == "ERROR":
             status = event.get("object") or {}
             raise ApiError(

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 TOKEN_MAX_AGE = 60.0  # a token file is read again at least this often (bound service-account tokens rotate)
 _LINE_LIMIT = 1 << 20  # longest header line accepted
+_READ_SIZE = 1 << 18  # bytes asked of the socket at a time for a chunked body
 IDLE_SECONDS = 30.0  # a kept-alive connection idle longer is closed rather than reused (the server may have)
 IN_CLUSTER_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
@@ -244,23 +245,7 @@ class _Conn:
         if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
             return
         if "chunked" in headers.get("transfer-encoding", "").lower():
-            while True:
-                line = await self.reader.readline()
-                if not line.endswith(b"\n"):
-                    raise TransportError("connection closed in a chunked body")
-                try:
-                    size = int(line.split(b";", 1)[0].strip(), 16)
-                except ValueError as e:
-                    raise TransportError(f"bad chunk size {line[:40]!r}") from e
-                if size == 0:
-                    while (await self.reader.readline()) not in (b"\r\n", b"\n", b""):
-                        pass  # trailers
-                    return
-                try:
-                    data = await self.reader.readexactly(size)
-                    await self.reader.readexactly(2)
-                except asyncio.IncompleteReadError as e:
-                    raise TransportError("connection closed in a chunk") from e
+            async for data in self._chunked():
                 yield data
         elif "content-length" in headers:
             try:
@@ -269,6 +254,55 @@ class _Conn:
                 raise TransportError("connection closed in the body") from e
         else:
             yield await self.reader.read()  # to the end of the connection
+
+    async def _chunked(self) -> AsyncIterator[bytes]:
+        """A chunked body, read in blocks of up to _READ_SIZE: each block gives the data of every chunk it completes,
+        joined (a watch's events come one chunk each, tens to a block while a whole collection streams). Nothing past
+        the body's end is read: the server sends nothing more before the next request."""
+        buf = bytearray()
+        pos = 0  # start of the first chunk not yet parsed
+        done = False
+        while True:
+            parts: list[bytes] = []
+            while not done:
+                eol = buf.find(b"\n", pos)
+                if eol < 0:
+                    if len(buf) - pos > _LINE_LIMIT:
+                        raise TransportError(f"bad chunk size {bytes(buf[pos : pos + 40])!r}")
+                    break
+                try:
+                    size = int(buf[pos:eol].split(b";", 1)[0].strip(), 16)
+                except ValueError as e:
+                    raise TransportError(f"bad chunk size {bytes(buf[pos : pos + 40])!r}") from e
+                if size == 0:
+                    done = _trailers_end(buf, eol + 1) is not None  # else: read on until the trailers end
+                    break
+                end = eol + 1 + size
+                if len(buf) < end + 2:
+                    break  # the chunk and its CRLF are not all in yet
+                parts.append(bytes(buf[eol + 1 : end]))
+                pos = end + 2
+            if parts:
+                yield b"".join(parts)
+            if done:
+                return
+            del buf[:pos]
+            pos = 0
+            data = await self.reader.read(_READ_SIZE)
+            if not data:
+                raise TransportError("connection closed in a chunked body")
+            buf += data
+
+
+def _trailers_end(buf: bytearray, start: int) -> int | None:
+    """Where the trailer section that starts at `start` ends (past its empty line), or None if it is not all in."""
+    while True:
+        eol = buf.find(b"\n", start)
+        if eol < 0:
+            return None
+        if not buf[start:eol].strip():
+            return eol + 1
+        start = eol + 1
 
 
 def _reusable(headers: Mapping[str, str]) -> bool:

@@ -11,6 +11,7 @@ future).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -20,6 +21,7 @@ from typing import Any, Protocol
 from csidriver.kube.http import ApiError
 
 Obj = Mapping[str, Any]
+Decode = Callable[[bytes], dict[str, Any]]  # one line of a watch -> its event
 Handler = Callable[[str, Obj | None, Obj | None], None]  # (name, old, new); new None = deleted
 
 
@@ -28,7 +30,9 @@ class Source(Protocol):
 
     async def get(self, target: str, **params: Any) -> dict[str, Any]: ...
 
-    def watch(self, target: str, **params: Any) -> AbstractAsyncContextManager[AsyncIterator[dict[str, Any]]]: ...
+    def watch(
+        self, target: str, *, decode: Decode, **params: Any
+    ) -> AbstractAsyncContextManager[AsyncIterator[dict[str, Any]]]: ...
 
 
 log = logging.getLogger(__name__)
@@ -62,9 +66,11 @@ class Informer:
         watch_seconds: int = 600,
         keep_objects: bool = True,
         list_from_cache: bool = True,
+        decode: Decode = json.loads,
     ) -> None:
         """keep_objects=False: the informer remembers only each object's resourceVersion (for its consumer, which
-        keeps its own compact form); `cache` stays empty and handlers always get old=None."""
+        keeps its own compact form); `cache` stays empty and handlers always get old=None. `decode`: how each line
+        of its watches is read (csidriver.kube.wire for a whole collection read by the controller)."""
         self._api = api
         self._target = target  # the collection's path
         self._what = what
@@ -83,6 +89,7 @@ class Informer:
         self._versions: dict[str, str] = {}  # name -> resourceVersion, when objects are not kept
         self.synced = asyncio.Event()
         self._resume = ""  # resourceVersion of the last event or bookmark delivered by the current watch
+        self._decode = decode
 
     def subscribe(self, handler: Handler) -> None:
         self._handlers.append(handler)
@@ -155,7 +162,12 @@ class Informer:
         informers started together do not reconnect together)."""
         timeout = self._watch_seconds + random.randint(0, self._watch_seconds // 5)
         return self._api.watch(
-            self._target, allowWatchBookmarks=True, timeoutSeconds=timeout, **params, **self._selectors
+            self._target,
+            allowWatchBookmarks=True,
+            timeoutSeconds=timeout,
+            **params,
+            **self._selectors,
+            decode=self._decode,
         )
 
     async def _stream(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from csidriver.api import constants as c
-from csidriver.kube.client import JSON_PATCH, MERGE_PATCH, ApiClient, ApiError, path
+from csidriver.kube.client import JSON_PATCH, MERGE_PATCH, ApiClient, ApiError, Decode, path
 from csidriver.kube.informer import Informer
 
 log = logging.getLogger(__name__)
@@ -97,11 +98,13 @@ class Kube:
         keep_objects: bool = True,
         label_selector: str | None = None,
         field_selector: str | None = None,
+        decode: Decode = json.loads,
     ) -> Informer:
         """`whole`: every object of the cluster, as the controller reads it: streamed rather than listed in one
         response from the API server's cache. A list filtered to one node (an agent's) stays a list from the cache:
         small, and it spares etcd (on servers before 1.31) a scan of every object per node when all agents start at
-        once. keep_objects=False where the consumer keeps its own compact form (the controller's ClusterState)."""
+        once. keep_objects=False where the consumer keeps its own compact form (the controller's ClusterState).
+        `decode`: how each line of its watches is read."""
         return Informer(
             self.api,
             target,
@@ -110,21 +113,29 @@ class Kube:
             field_selector=field_selector,
             keep_objects=keep_objects,
             list_from_cache=not whole,
+            decode=decode,
         )
 
-    def heartbeat_informer(self) -> Informer:
+    def heartbeat_informer(self, decode: Decode = json.loads) -> Informer:
         """The agents' heartbeat Leases of the namespace (server-side filtered by their label), for the controller."""
         leases = path("coordination.k8s.io", "v1", "leases", self.namespace)
-        return self._informer(leases, "heartbeats", whole=True, keep_objects=False, label_selector=c.HEARTBEAT_LABEL)
+        return self._informer(
+            leases, "heartbeats", whole=True, keep_objects=False, label_selector=c.HEARTBEAT_LABEL, decode=decode
+        )
 
-    def volume_informer(self, node: str | None = None) -> Informer:
+    def volume_informer(self, node: str | None = None, decode: Decode = json.loads) -> Informer:
         """All volumes of the namespace (the controller's, keeping no objects), or (server-side filtered) only those
         owned by `node`. The filter is the CRD's selectable field spec.ownerNodeID, not the node label, which objects
         the original's controller created lack."""
         selector = f"spec.ownerNodeID={node}" if node else None
         whole = node is None
         return self._informer(
-            self._ours(c.VOLUME_PLURAL), "devicevolumes", whole=whole, keep_objects=not whole, field_selector=selector
+            self._ours(c.VOLUME_PLURAL),
+            "devicevolumes",
+            whole=whole,
+            keep_objects=not whole,
+            field_selector=selector,
+            decode=decode,
         )
 
     def node_informer(self, name: str | None = None) -> Informer:
@@ -248,14 +259,14 @@ class Kube:
         return list(page.get("items") or [])
 
     # -- DeviceSnapshot -----------------------------------------------------------------------------------
-    def snapshot_informer(self, node: str | None = None) -> Informer:
+    def snapshot_informer(self, node: str | None = None, decode: Decode = json.loads) -> Informer:
         """All snapshots of the namespace (the controller's, keeping no objects), or (server-side filtered) only
         those on `node`."""
         selector = f"spec.ownerNodeID={node}" if node else None
         snapshots = self._ours(c.SNAPSHOT_PLURAL, version=c.VERSION)
         whole = node is None
         return self._informer(
-            snapshots, "devicesnapshots", whole=whole, keep_objects=not whole, field_selector=selector
+            snapshots, "devicesnapshots", whole=whole, keep_objects=not whole, field_selector=selector, decode=decode
         )
 
     async def get_snapshot(self, name: str) -> Obj | None:

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from csidriver.kube import http
-from csidriver.kube.client import ApiClient, ApiError, make_api_client, path
+from csidriver.kube import http, wire
+from csidriver.kube.client import ApiClient, ApiError, Decode, make_api_client, path
 from csidriver.kube.informer import Informer
 from harness.apiserver import ApiServer
 
@@ -164,12 +164,16 @@ async def _event(client: ApiClient, run: str, name: str) -> dict[str, Any]:
     return await client.create(EVENTS, body)
 
 
-async def test_a_watch_from_a_compacted_version_is_410_gone(api: ApiServer, admin: ApiClient, run: str) -> None:
+@pytest.mark.parametrize("decode", [json.loads, wire.decode_event], ids=["json", "wire"])
+async def test_a_watch_from_a_compacted_version_is_410_gone(
+    api: ApiServer, admin: ApiClient, run: str, decode: Decode
+) -> None:
     old = await _event(admin, run, "old")
     await _event(admin, run, "new")
     await _compact_after_a_write(api, admin, run)
     with pytest.raises(ApiError) as e:
-        async with admin.watch(EVENTS, resourceVersion=old["metadata"]["resourceVersion"], timeoutSeconds=5) as s:
+        version = old["metadata"]["resourceVersion"]
+        async with admin.watch(EVENTS, decode=decode, resourceVersion=version, timeoutSeconds=5) as s:
             async for _ in s:
                 pass
     assert e.value.status == 410 and e.value.reason in ("Expired", "Gone"), e.value
@@ -190,12 +194,14 @@ class FirstWatchFrom:
         self.lists += 1
         return await self.client.get(target, **params)
 
-    def watch(self, target: str, **params: Any) -> AbstractAsyncContextManager[AsyncIterator[dict[str, Any]]]:
+    def watch(
+        self, target: str, *, decode: Decode, **params: Any
+    ) -> AbstractAsyncContextManager[AsyncIterator[dict[str, Any]]]:
         if not self.watches and self.version is not None:
             params["resourceVersion"] = self.version
         self.watches.append(str(params.get("resourceVersion", "")))
         self.params.append(dict(params))
-        return self.client.watch(target, **params)
+        return self.client.watch(target, decode=decode, **params)
 
 
 async def _until(check: Any, seconds: float = 20) -> None:
@@ -262,6 +268,41 @@ async def test_a_streaming_list_and_the_watch_it_becomes(admin: ApiClient, run: 
         await admin.delete(path("", "v1", "configmaps", "default", f"rest-{run}-a"))
         await _until(lambda: set(inf.cache) == {f"rest-{run}-{n}" for n in "bcd"})
         assert source.lists == 0 and len(source.watches) == 1, "the streamed list's watch did not carry the changes"
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_the_compiled_decoder_streams_objects_as_the_server_holds_them(admin: ApiClient, run: str) -> None:
+    """The controller's informers read their watches with csidriver.kube.wire: Leases (spec, no status) streamed
+    through it arrive as a GET of each gives them, less managedFields, and so do changes on the same watch."""
+    leases = path("coordination.k8s.io", "v1", "leases", "default")
+
+    async def lease(name: str) -> None:
+        spec = {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": "2026-12-08T01:00:00.000000Z"}
+        meta = {"name": f"rest-{run}-{name}", "labels": {"rest-run": run}, "annotations": {"a": name}}
+        await admin.create(leases, {"metadata": meta, "spec": spec})
+
+    async def as_held(name: str) -> dict[str, Any]:
+        held = await admin.get(f"{leases}/rest-{run}-{name}")
+        assert held["metadata"].pop("managedFields"), "the server records who wrote what"
+        return held
+
+    for name in "ab":
+        await lease(name)
+    inf = Informer(
+        admin, leases, what="leases", label_selector=f"rest-run={run}", list_from_cache=False, decode=wire.decode_event
+    )
+    task = asyncio.create_task(inf.run())
+    try:
+        await asyncio.wait_for(inf.synced.wait(), 20)
+        assert set(inf.cache) == {f"rest-{run}-a", f"rest-{run}-b"}
+        for name in "ab":
+            assert inf.cache[f"rest-{run}-{name}"] == await as_held(name)
+        await lease("c")
+        await _until(lambda: f"rest-{run}-c" in inf.cache)
+        assert inf.cache[f"rest-{run}-c"] == await as_held("c")
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

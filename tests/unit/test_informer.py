@@ -19,7 +19,7 @@ import pytest
 
 from csidriver.kube import client
 from csidriver.kube.client import ApiError
-from csidriver.kube.informer import Informer, Obj
+from csidriver.kube.informer import Decode, Informer, Obj
 
 _yield = asyncio.sleep  # the real one: the tests record and skip the Informer's sleeps
 
@@ -100,10 +100,10 @@ class FakeServer:
         return await self._next(kw)
 
     @contextlib.asynccontextmanager
-    async def watch(self, target: str, **kw: Any) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+    async def watch(self, target: str, *, decode: Decode, **kw: Any) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
         assert target == TARGET
         stream = await self._next(dict(kw, watch=True))
-        yield client._events(_lines(stream.events))
+        yield client._events(_lines(stream.events), decode)
 
     async def _next(self, kw: dict[str, Any]) -> Any:
         self.calls.append(kw)

@@ -70,6 +70,7 @@ class Server:
     peers: list[Any] = field(default_factory=list)
     port: int = 0
     close_after: set[str] = field(default_factory=set)  # targets whose answer ends the connection
+    trickle: int = 0  # > 0: answers are written this many bytes at a time, each piece sent on its own
     _server: asyncio.Server | None = None
     _handlers: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -102,8 +103,11 @@ class Server:
                 out = await self.answer(req)
                 if out is None:
                     return
-                writer.write(out)
-                await writer.drain()
+                for i in range(0, len(out), self.trickle or len(out) or 1):
+                    writer.write(out[i : i + (self.trickle or len(out))])
+                    await writer.drain()
+                    if self.trickle:
+                        await asyncio.sleep(0.002)  # the next piece comes in a read of its own
                 if req.target in self.close_after:
                     return
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, asyncio.CancelledError):
@@ -263,6 +267,36 @@ async def test_watch_lines_split_across_chunks_and_an_error_event() -> None:
         assert server.requests[0].target == "/apis/g/v1/things?resourceVersion=3&allowWatchBookmarks=true&watch=true"
         assert client.requests == {"watch": 1}
         assert t.connections == 0, "a finished watch must close its own connection"
+
+
+async def test_chunked_bodies_that_trickle_in_a_few_bytes_at_a_time() -> None:
+    """Chunk-size lines, chunk data, their CRLFs and the trailers cut across reads anywhere: every byte of the body
+    arrives, nothing past its end is read (the next answer on the connection is whole), and a body that breaks off
+    or has a bad size line raises TransportError."""
+    lines = [b'{"type":"ADDED","object":{"metadata":{"name":"v%d"}}}' % i for i in range(6)]
+    body = b"\n".join(lines) + b"\n"
+
+    async def answer(req: Request) -> bytes:
+        if req.target == "/broken":
+            return reply(chunks=[body])[:-40]  # ends within the data of its only chunk
+        if req.target == "/bad-size":
+            return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"
+        return reply(chunks=[body[i : i + 11] for i in range(0, len(body), 11)])
+
+    async with serving(answer) as (server, t):
+        server.trickle = 3
+        server.close_after = {"/broken"}
+        first = await t.request("GET", "/a", None, {})
+        second = await t.request("GET", "/b", None, {})
+        assert first.body == body and second.body == body
+        assert server.connections == 1, "the connection must be reusable after a trickled chunked body"
+        async with t.stream("GET", "/w") as stream:
+            assert [line async for line in stream] == lines
+        with pytest.raises(http.TransportError, match="closed in a chunked body"):
+            await t.request("GET", "/broken", None, {})
+        server.trickle = 0
+        with pytest.raises(http.TransportError, match="bad chunk size"):
+            await t.request("GET", "/bad-size", None, {})
 
 
 async def test_a_watch_refused_raises_the_status_and_close_ends_a_running_watch() -> None:
