@@ -1,9 +1,12 @@
-"""The C allocator of the process: at most two malloc arenas.
+"""The C allocator of the process: at most two malloc arenas, and free heap pages given back after a burst.
 
 glibc gives a thread its own arena (up to 8 per CPU) when it meets another in malloc; gRPC's event-engine, timer and
 lifeguard threads and asyncio's executor threads each took one, about 1 MiB resident apiece in a process that
 allocates little outside Python's own allocator. Set before any thread starts. A MALLOC_ARENA_MAX in the
 environment (read by glibc itself) is left to win; on a C library without mallopt this does nothing.
+
+glibc returns freed memory to the system by itself only from the top of a heap; pages freed below a block still in
+use stay resident until malloc_trim. After 100 concurrent creates the agent held about 0.7 MiB of such pages.
 """
 
 from __future__ import annotations
@@ -26,3 +29,15 @@ def limit_arenas(count: int = ARENAS) -> bool:
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
     return bool(mallopt(M_ARENA_MAX, count))
+
+
+def trim_heap() -> bool:
+    """Gives the free pages of every malloc heap back to the system (glibc's malloc_trim(0)): True if any were.
+    False, and nothing done, on a C library without malloc_trim."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = (ctypes.c_size_t,)
+    trim.restype = ctypes.c_int
+    return bool(trim(0))

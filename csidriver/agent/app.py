@@ -18,6 +18,7 @@ from csidriver.agent.reporter import NodeReporter
 from csidriver.agent.snapshots import SnapshotReconciler
 from csidriver.agent.volumes import VolumeReconciler
 from csidriver.agent.workqueue import WorkQueue
+from csidriver.allocator import trim_heap
 from csidriver.api import constants as c
 from csidriver.api.objects import cordoned_disks
 from csidriver.config import Settings
@@ -38,6 +39,22 @@ from csidriver.services.publish import Publisher
 
 log = logging.getLogger(__name__)
 HEALTH_TIMEOUT = 4.0  # seconds for the /healthz Probe (kubelet's probe timeout in deploy/ is 5 s)
+TRIM_DELAY = 0.5  # seconds of quiet after a burst of reconciles before the heap's free pages go back to the system
+
+
+class TrimWhenQuiet:
+    """Calls `trim` once `delay` seconds have passed since it was last called: once per burst of work, whichever
+    of the agent's work queues went idle last."""
+
+    def __init__(self, delay: float, trim: Callable[[], object] = trim_heap) -> None:
+        self._delay = delay
+        self._trim = trim
+        self._handle: asyncio.TimerHandle | None = None
+
+    def __call__(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = asyncio.get_running_loop().call_later(self._delay, self._trim)
 
 
 async def _node_identity(kube: Kube, settings: Settings) -> tuple[dict[str, str], dict[str, Any] | None]:
@@ -194,7 +211,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
                 snapshots.cache,
                 snapshots.synced.is_set,
             )
-            queue = WorkQueue(reconciler.reconcile, settings.workers, "devicevolume")
+            quiet = TrimWhenQuiet(TRIM_DELAY)
+            queue = WorkQueue(reconciler.reconcile, settings.workers, "devicevolume", quiet)
             wake.append(queue.wake)
             informer.subscribe(lambda name, _old, _new: queue.add(name))
             snapshotter = SnapshotReconciler(
@@ -208,7 +226,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
                 cordoned,
                 informer.synced.is_set,
             )
-            snap_queue = WorkQueue(snapshotter.reconcile, settings.workers, "devicesnapshot")
+            snap_queue = WorkQueue(snapshotter.reconcile, settings.workers, "devicesnapshot", quiet)
             snapshots.subscribe(lambda name, _old, _new: snap_queue.add(name))
 
             def left(_name: str, _old: Any, new: Any) -> None:

@@ -39,8 +39,12 @@ def current_item() -> Item | None:
 
 
 class WorkQueue:
-    def __init__(self, reconcile: Reconcile, workers: int, name: str) -> None:
+    def __init__(
+        self, reconcile: Reconcile, workers: int, name: str, on_idle: Callable[[], None] | None = None
+    ) -> None:
+        """`on_idle`: called each time the last key running finishes with none queued (a burst of work is over)."""
         self._reconcile = reconcile
+        self._on_idle = on_idle
         self._workers = workers
         self._name = name
         self._queue: asyncio.Queue[str] = asyncio.Queue()
@@ -119,6 +123,8 @@ class WorkQueue:
                 if key in self._dirty:
                     self._dirty.discard(key)
                     self.add(key)
+                if self._on_idle is not None and not self._running and not self._queued:
+                    self._on_idle()
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:

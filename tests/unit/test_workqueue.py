@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from csidriver.agent.app import TrimWhenQuiet
 from csidriver.agent.workqueue import Retry, WorkQueue
 
 
@@ -319,5 +320,56 @@ def test_cancelling_run_stops_the_workers_mid_reconcile() -> None:
             await task
         assert rec.running == set()
         assert queue.retries == 0, "cancellation is not a failure"
+
+    on_virtual_clock(body)
+
+
+def test_on_idle_is_called_when_a_burst_is_over_not_while_keys_run_or_wait() -> None:
+    rec = Recorder()
+    gates = {k: asyncio.Event() for k in "abc"}
+    rec.gates.update(gates)
+    idle: list[tuple[float, set[str]]] = []
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        queue = WorkQueue(rec, 2, "test", on_idle=lambda: idle.append((loop.time(), set(rec.running))))
+        task = asyncio.create_task(queue.run())
+        try:
+            for k in "abc":
+                queue.add(k)
+            await until(rec, lambda: rec.running == {"a", "b"})
+            gates["a"].set()  # a ends, c is still queued
+            await until(rec, lambda: rec.running == {"b", "c"})
+            gates["b"].set()  # b ends while c runs
+            await settle(1)
+            assert idle == []
+            gates["c"].set()  # the last one
+            await settle(1)
+            assert len(idle) == 1 and idle[0][1] == set()
+            rec.gates.clear()
+            queue.add("d")
+            await settle(1)
+            assert len(idle) == 2, "each burst, however small, ends with one call"
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    on_virtual_clock(body)
+
+
+def test_trim_when_quiet_trims_once_after_the_last_of_several_calls() -> None:
+    trims: list[float] = []
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        quiet = TrimWhenQuiet(0.5, lambda: trims.append(loop.time()))
+        start = loop.time()
+        for _ in range(3):
+            quiet()
+            await asyncio.sleep(0.3)
+        assert trims == []
+        await settle(5)
+        assert trims == [pytest.approx(start + 0.6 + 0.5)]
 
     on_virtual_clock(body)
