@@ -12,7 +12,9 @@ use stay resident until malloc_trim. After 100 concurrent creates the agent held
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
+from typing import Any
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter number
 ARENAS = 2
@@ -22,22 +24,24 @@ def limit_arenas(count: int = ARENAS) -> bool:
     """True if the limit was set."""
     if "MALLOC_ARENA_MAX" in os.environ:
         return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(M_ARENA_MAX, count))
+    mallopt = _libc("mallopt", ctypes.c_int, ctypes.c_int)
+    return mallopt is not None and bool(mallopt(M_ARENA_MAX, count))
 
 
 def trim_heap() -> bool:
     """Gives the free pages of every malloc heap back to the system (glibc's malloc_trim(0)): True if any were.
     False, and nothing done, on a C library without malloc_trim."""
+    trim = _libc("malloc_trim", ctypes.c_size_t)
+    return trim is not None and bool(trim(0))
+
+
+@functools.cache
+def _libc(name: str, *argtypes: Any) -> Any:
+    """The C library's function `name` (returning int, taking `argtypes`), or None where it has none."""
     try:
-        trim = ctypes.CDLL(None).malloc_trim
+        function = getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError):
-        return False
-    trim.argtypes = (ctypes.c_size_t,)
-    trim.restype = ctypes.c_int
-    return bool(trim(0))
+        return None
+    function.argtypes = argtypes
+    function.restype = ctypes.c_int
+    return function

@@ -9,6 +9,7 @@ and the test cannot drift apart.
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
@@ -79,3 +80,16 @@ def follow(
         outputs = [plugin(*fill(argv, values), *want.extra) for argv in step.commands]
         if want.after is not None:
             want.after(outputs)
+
+
+def claim_events(claim: str, namespace: str = "default") -> list[str]:
+    """kubectl arguments that print the Events on a claim as JSON (for `reasons`)."""
+    return ["get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={claim}", "-o", "json"]
+
+
+def reasons(events_json: str) -> list[str]:
+    """The reasons of a kubectl Event list, oldest first. lastTimestamp has whole seconds: two Events of one second
+    are ordered by when they were last written (the store's resourceVersion), not by their random names."""
+    items = json.loads(events_json)["items"]
+    items.sort(key=lambda e: (e.get("lastTimestamp") or "", int(e["metadata"]["resourceVersion"])))
+    return [e["reason"] for e in items]

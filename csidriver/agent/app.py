@@ -116,8 +116,9 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     reporter_box: list[NodeReporter] = []
     wake: list[Callable[[str], None]] = []  # the work queue's wake, once it exists
 
-    def unpublished(volume_id: str) -> None:
-        # A volume being deleted while still mounted waits in backoff; its unpublish ends the wait at once.
+    def wake_volume(volume_id: str) -> None:
+        # A volume whose deletion waits in backoff (still mounted, or its disk failed) is reconciled at once when
+        # what it waited for happens (its unpublish, the disk reading again).
         for w in wake:
             w(volume_id)
 
@@ -145,7 +146,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
                     settings.node_id,
                     topology,
                     metrics.observe_rpc,
-                    unpublished,
+                    wake_volume,
                 ),
             ),
         ],
@@ -173,11 +174,9 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
                 return {_disk_guid(v) for v in informer.cache.values()} - {""}
 
             def disks_back(guids: set[str]) -> None:
-                # A deletion held back while its disk failed goes at once, not at the end of its backoff.
                 back = {g.upper() for g in guids}
                 for name in [name for name, v in informer.cache.items() if _disk_guid(v) in back]:
-                    for w in wake:
-                        w(name)
+                    wake_volume(name)
 
             reporter = NodeReporter(
                 kube,

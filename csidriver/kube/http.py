@@ -263,7 +263,7 @@ class _Conn:
         pos = 0  # start of the first chunk not yet parsed
         done = False
         while True:
-            parts: list[bytes] = []
+            parts: list[bytearray] = []
             while not done:
                 eol = buf.find(b"\n", pos)
                 if eol < 0:
@@ -275,12 +275,12 @@ class _Conn:
                 except ValueError as e:
                     raise TransportError(f"bad chunk size {bytes(buf[pos : pos + 40])!r}") from e
                 if size == 0:
-                    done = _trailers_end(buf, eol + 1) is not None  # else: read on until the trailers end
+                    done = _trailers_in(buf, eol + 1)  # else: read on until the trailers end
                     break
                 end = eol + 1 + size
                 if len(buf) < end + 2:
                     break  # the chunk and its CRLF are not all in yet
-                parts.append(bytes(buf[eol + 1 : end]))
+                parts.append(buf[eol + 1 : end])
                 pos = end + 2
             if parts:
                 yield b"".join(parts)
@@ -294,14 +294,14 @@ class _Conn:
             buf += data
 
 
-def _trailers_end(buf: bytearray, start: int) -> int | None:
-    """Where the trailer section that starts at `start` ends (past its empty line), or None if it is not all in."""
+def _trailers_in(buf: bytearray, start: int) -> bool:
+    """True if the trailer section that starts at `start` is all in (up to its empty line)."""
     while True:
         eol = buf.find(b"\n", start)
         if eol < 0:
-            return None
+            return False
         if not buf[start:eol].strip():
-            return eol + 1
+            return True
         start = eol + 1
 
 

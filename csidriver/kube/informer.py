@@ -18,10 +18,10 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
+from csidriver.kube.client import Decode
 from csidriver.kube.http import ApiError
 
 Obj = Mapping[str, Any]
-Decode = Callable[[bytes], dict[str, Any]]  # one line of a watch -> its event
 Handler = Callable[[str, Obj | None, Obj | None], None]  # (name, old, new); new None = deleted
 
 

@@ -3,7 +3,6 @@ two volumes with data, moves to node-1 while node-2's agent runs."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 import uuid
@@ -26,16 +25,7 @@ def _until(what: str, check: Callable[[], object], limit: float = 40) -> None:
 
 def reasons(kube: KubeCluster, claim: str) -> list[str]:
     """Event reasons on a claim, oldest first."""
-    out = kube.api.kubectl(
-        "get", "events", "-n", "default", "--field-selector", f"involvedObject.name={claim}", "-o", "json"
-    )
-    # lastTimestamp has whole seconds: two Events of one second are ordered by when they were last written (the
-    # store's resourceVersion), not by their random names.
-    items = sorted(
-        json.loads(out)["items"],
-        key=lambda e: (e.get("lastTimestamp") or "", int(e["metadata"]["resourceVersion"])),
-    )
-    return [e["reason"] for e in items]
+    return runbook.reasons(kube.api.kubectl(*runbook.claim_events(claim)))
 
 
 def _detached(kube: KubeCluster, claim: str) -> Callable[[], bool]:

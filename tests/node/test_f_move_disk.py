@@ -4,7 +4,6 @@ the data it wrote on node A."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from typing import Any
@@ -68,16 +67,7 @@ def first_line(node: NodeCluster, pod: dict[str, Any]) -> str:
 
 
 def reasons(node: NodeCluster) -> list[str]:
-    out = node.kubectl(
-        "get", "events", "-n", "default", "--field-selector", f"involvedObject.name={CLAIM}", "-o", "json"
-    )
-    # lastTimestamp has whole seconds: two Events of one second are ordered by when they were last written (the
-    # store's resourceVersion), not by their random names.
-    items = sorted(
-        json.loads(out)["items"],
-        key=lambda e: (e.get("lastTimestamp") or "", int(e["metadata"]["resourceVersion"])),
-    )
-    return [e["reason"] for e in items]
+    return runbook.reasons(node.kubectl(*runbook.claim_events(CLAIM)))
 
 
 def test_the_documented_disk_move_on_real_kubelets(two_nodes: NodeCluster) -> None:

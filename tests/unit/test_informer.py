@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from csidriver.kube import client
-from csidriver.kube.client import ApiError
-from csidriver.kube.informer import Decode, Informer, Obj
+from csidriver.kube.client import ApiError, Decode
+from csidriver.kube.informer import Informer, Obj
 
 _yield = asyncio.sleep  # the real one: the tests record and skip the Informer's sleeps
 
